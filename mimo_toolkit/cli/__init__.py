@@ -1,0 +1,1 @@
+"""mimo-toolkit command line."""

@@ -1,0 +1,425 @@
+"""The job configuration: typed dataclasses that a recipe returns and a job runs.
+
+A recipe preset is a Python function returning a :class:`JobConfig`. The CLI applies
+``--set`` overrides and ``--nodes`` scaling to it, validates it, and writes the resolved
+config as JSON beside the rendered launch files; the in-job entrypoint reads that file back
+with :func:`JobConfig.from_dict`, so a job runs exactly what was rendered.
+
+Everything here is plain Python. Model architectures are described as dataclasses; the
+runtime (``mimo_toolkit.runtime.specs``) turns them into megatron-core configs and
+ModuleSpecs. Field docstrings are the user-facing documentation of each ``--set`` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Union
+
+from .errors import UserError
+from .layout import MimoParallelismConfig
+from .typed import from_plain, to_plain
+
+# --------------------------------------------------------------------------------------
+# Model architectures (one flat dataclass per module kind, so `--set model.<module>.<field>`
+# addresses every knob).
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TransformerArch:
+    """Fields every transformer stack has (LLM decoder or encoder trunk)."""
+
+    num_layers: int
+    """Number of transformer layers; the module's pipeline size must divide it."""
+    hidden_size: int
+    """Hidden size of the residual stream."""
+    num_attention_heads: int
+    """Attention heads; the module's tensor-parallel size must divide it."""
+    num_query_groups: int | None = None
+    """Grouped-query attention groups (None: one per head)."""
+    ffn_hidden_size: int | None = None
+    """MLP inner size (None: 4 x hidden_size)."""
+    normalization: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
+    """Normalization layer."""
+    activation: Literal["gelu", "quick_gelu", "swiglu"] = "gelu"
+    """MLP activation."""
+    add_bias_linear: bool = True
+    """Biases in linear layers."""
+    layernorm_epsilon: float = 1e-5
+    """Epsilon of the normalization layers."""
+    init_method_std: float = 0.02
+    """Standard deviation of the weight initialisation."""
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+
+@dataclass(kw_only=True)
+class LanguageModel(TransformerArch):
+    """A GPT-style decoder (megatron-core GPTModel)."""
+
+    KIND: ClassVar[str] = "llm"
+    vocab_size: int
+    """Vocabulary size before padding (padded to a multiple of 128 x TP at build time)."""
+    max_sequence_length: int
+    """Longest sequence the position embedding supports."""
+    position_embedding: Literal["rope", "learned_absolute"] = "rope"
+    """Position embedding type."""
+    rotary_base: int = 10000
+    """RoPE base."""
+    tie_embeddings: bool = False
+    """Share input embedding and output layer weights."""
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return 0
+
+
+@dataclass(kw_only=True)
+class ProjectorFields:
+    """The projection from an encoder's hidden size to the LLM's (MultimodalProjector)."""
+
+    projector: Literal["mlp", "affine"] = "mlp"
+    """Projector type: 2-layer MLP with GELU (LLaVA-1.5) or a single linear map."""
+    projector_ffn_hidden_size: int | None = None
+    """Inner size of the MLP projector (None: the LLM's hidden size)."""
+
+
+@dataclass(kw_only=True)
+class VisionEncoder(ProjectorFields, TransformerArch):
+    """A CLIP-style ViT (megatron-core CLIPViTModel) and its projector."""
+
+    KIND: ClassVar[str] = "vision"
+    image_size: int = 336
+    """Square input image side in pixels."""
+    patch_size: int = 14
+    """Patch side in pixels; image_size must be a multiple of it."""
+    num_channels: int = 3
+    """Input channels."""
+    class_token: bool = True
+    """The ViT prepends a class token (CLIP does)."""
+    keep_class_token: bool = False
+    """Feed the class token's output to the LLM too (LLaVA does not)."""
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Embeddings the LLM receives per image."""
+        patches = (self.image_size // self.patch_size) ** 2
+        return patches + (1 if self.class_token and self.keep_class_token else 0)
+
+
+@dataclass(kw_only=True)
+class AudioEncoder(ProjectorFields, TransformerArch):
+    """A Whisper-style audio encoder: a convolution stem over log-mel features, then a
+    transformer block, and its projector."""
+
+    KIND: ClassVar[str] = "audio"
+    num_mel_bins: int = 80
+    """Log-mel channels of the input features."""
+    num_frames: int = 3000
+    """Input frames (10 ms hop: 3000 = 30 s); the stem halves them."""
+    sample_rate: int = 16000
+    """Waveform sample rate the features are computed at."""
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Embeddings the LLM receives per audio clip (the stride-2 stem halves the frames)."""
+        return (self.num_frames + 1) // 2
+
+
+ModuleArch = Union[LanguageModel, VisionEncoder, AudioEncoder]
+
+# --------------------------------------------------------------------------------------
+# Training, data and cluster settings
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of a run."""
+
+    steps: int = 1000
+    """Optimizer steps to train."""
+    micro_batch_size: int = 1
+    """Samples per micro-batch per data-parallel replica of the language model."""
+    global_batch_size: int = 32
+    """Samples per optimizer step (micro-batches are accumulated to it)."""
+    seq_length: int = 2048
+    """Tokens per sample fed to the LLM, placeholders for encoder outputs included."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
+    lr_warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Clip the global gradient norm (over all modules) to this; 0 disables."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Compute precision on GPU (CPU runs always use fp32)."""
+    seed: int = 1234
+    """Seed of weights, data order and dropout."""
+    save_interval: int = 500
+    """Save a checkpoint every N steps (and at the end); 0: only at the end."""
+    log_interval: int = 1
+    """Print a progress line every N steps (metrics.jsonl gets every step)."""
+    eval_interval: int = 0
+    """Evaluate on the validation split every N steps; 0: never during training."""
+    timeout_s: int = 60
+    """A collective that waits longer than this ends the job (no hangs)."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where samples come from."""
+
+    source: Literal["synthetic", "llava"] = "synthetic"
+    """synthetic: deterministic random tensors; llava: LLaVA-style JSON/JSONL."""
+    path: str | None = None
+    """Training JSON/JSONL file (source=llava)."""
+    valid_path: str | None = None
+    """Validation JSON/JSONL file (source=llava)."""
+    media_root: str | None = None
+    """Directory image/audio paths are relative to (default: the JSON file's directory)."""
+    tokenizer: str = "byte"
+    """'byte' (built in) or a path to a Hugging Face tokenizer.json."""
+    num_samples: int = 4096
+    """Samples in the synthetic dataset."""
+    on_bad_sample: Literal["skip", "stop"] = "skip"
+    """A sample that cannot be loaded is skipped and counted, or stops the run."""
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """Where and how the job is launched. Presets keep a cluster's settings here."""
+
+    nodes: int | None = None
+    """Nodes of the job; the world size is nodes x procs_per_node (`--nodes` sets it and
+    rescales the layout). None: as many as the layout needs (heterogeneous)."""
+    procs_per_node: int = 8
+    """Processes (ranks) per node."""
+    gpus_per_node: int = 8
+    """GPUs per node requested from Slurm (0: a CPU job, gloo backend)."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "04:00:00"
+    """Wall-clock limit (Slurm --time)."""
+    cpus_per_task: int | None = None
+    """CPUs for the one task per node (None: Slurm's default)."""
+    mem: str | None = None
+    """Memory per node (Slurm --mem; '0' is all of it)."""
+    exclusive: bool = False
+    """Whole nodes (Slurm --exclusive)."""
+    constraint: str | None = None
+    dependency: str | None = None
+    reservation: str | None = None
+    signal: str = "USR2@300"
+    """Preemption warning: SIGNAL@SECONDS before the time limit (never USR1: NCCL uses it)."""
+    max_restarts: int = 3
+    """Requeue the job at most this many times after preemption."""
+    container_image: str | None = None
+    """pyxis/enroot image; enables --container-* flags on srun."""
+    container_mounts: list[str] = field(default_factory=list)
+    """pyxis mounts, each SRC:DST[:FLAGS]."""
+    container_workdir: str | None = None
+    python: str = "python3"
+    """Interpreter on the compute nodes."""
+    venv: str | None = None
+    """A virtual environment to activate on the compute nodes."""
+    env_modules: list[str] = field(default_factory=list)
+    """Environment modules to 'module load' before launching."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables every rank gets (e.g. NCCL settings)."""
+    torchx_scheduler: str = "slurm"
+    """TorchX scheduler used by `submit --scheduler torchx`."""
+
+
+# --------------------------------------------------------------------------------------
+# The whole job
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    """Everything a run needs: model, layout, freezing, training, data, cluster."""
+
+    recipe: str
+    """Recipe name (informational)."""
+    preset: str
+    """Preset name (informational)."""
+    model: dict[str, ModuleArch]
+    """Architecture of each module, by module name."""
+    layout: MimoParallelismConfig
+    """Parallel layout of each module and the deployment mode."""
+    freeze: dict[str, bool] = field(default_factory=dict)
+    """Frozen parts: a module name (encoder or LLM) or '<encoder>_projector'."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    job_name: str = ""
+    """Job name (Slurm --job-name); defaults to '<recipe>-<preset>'."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables added with --env."""
+    overrides: list[str] = field(default_factory=list)
+    """The --set overrides applied, in order (provenance)."""
+
+    # ---- derived views ---------------------------------------------------------------
+    @property
+    def language_model(self) -> LanguageModel:
+        arch = self.model[self.layout.language_module]
+        assert isinstance(arch, LanguageModel)
+        return arch
+
+    @property
+    def encoders(self) -> dict[str, VisionEncoder | AudioEncoder]:
+        """Encoder modules in declaration order."""
+        return {n: a for n, a in self.model.items() if not isinstance(a, LanguageModel)}
+
+    def freeze_keys(self) -> list[str]:
+        """Every valid key of ``freeze``."""
+        keys = list(self.model)
+        keys += [f"{name}_projector" for name in self.encoders]
+        return keys
+
+    def is_frozen(self, part: str) -> bool:
+        return bool(self.freeze.get(part, False))
+
+    # ---- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobConfig":
+        return from_plain(cls, data, "config")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def config_hash(self) -> str:
+        """A short content hash of the resolved config (provenance; not a security hash)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def copy(self) -> "JobConfig":
+        return JobConfig.from_dict(self.to_dict())
+
+    def check(self) -> None:
+        """Checks of the config itself (the layout is checked by ``layout``)."""
+        if set(self.model) != set(self.layout.module_parallelisms):
+            raise UserError(
+                f"model modules {sorted(self.model)} and layout modules "
+                f"{sorted(self.layout.module_parallelisms)} differ"
+            )
+        lm_name = self.layout.language_module
+        if lm_name not in self.model or not isinstance(self.model[lm_name], LanguageModel):
+            raise UserError(f"layout.language_module={lm_name!r} is not a language model in model")
+        for name, arch in self.model.items():
+            if name != lm_name and isinstance(arch, LanguageModel):
+                raise UserError(f"model.{name}: only one language model is supported")
+        valid = self.freeze_keys()
+        for key in self.freeze:
+            if key not in valid:
+                raise UserError(f"freeze.{key}: unknown part; valid: {', '.join(valid)}")
+        for name in self.encoders:
+            if name not in self.layout.special_token_ids:
+                raise UserError(f"layout.special_token_ids has no placeholder id for {name!r}")
+        for name, arch in self.model.items():
+            _check_arch(name, arch)
+        _check_train(self.train)
+        for name in self.env:
+            check_env_name(name, "env")
+        for name in self.cluster.env:
+            check_env_name(name, "cluster.env")
+        sig = self.cluster.signal
+        if sig.upper().startswith(("USR1", "SIGUSR1", "10@")):
+            raise UserError(f"cluster.signal={sig}: NCCL uses SIGUSR1; use USR2 or TERM")
+        if not _SIGNAL.fullmatch(sig):
+            raise UserError(f"cluster.signal={sig!r}: expected SIGNAL@SECONDS, e.g. USR2@300 (USR2, TERM, INT, HUP)")
+        if self.cluster.max_restarts < 0:
+            raise UserError(f"cluster.max_restarts={self.cluster.max_restarts} must be >= 0")
+        if self.cluster.procs_per_node < 1:
+            raise UserError(f"cluster.procs_per_node={self.cluster.procs_per_node} must be >= 1")
+        if self.cluster.gpus_per_node < 0:
+            raise UserError(f"cluster.gpus_per_node={self.cluster.gpus_per_node} must be >= 0")
+        if self.cluster.gpus_per_node and self.cluster.procs_per_node > self.cluster.gpus_per_node:
+            raise UserError(
+                f"cluster.procs_per_node={self.cluster.procs_per_node} exceeds "
+                f"cluster.gpus_per_node={self.cluster.gpus_per_node} (one process per GPU)"
+            )
+        lm = self.language_model
+        if self.train.seq_length > lm.max_sequence_length:
+            raise UserError(
+                f"train.seq_length={self.train.seq_length} exceeds "
+                f"model.{lm_name}.max_sequence_length={lm.max_sequence_length}"
+            )
+        placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
+        if placeholders >= self.train.seq_length:
+            raise UserError(
+                f"train.seq_length={self.train.seq_length} leaves no room for text: the encoders "
+                f"put {placeholders} placeholder tokens in every sample"
+            )
+
+
+_SIGNAL = re.compile(r"(USR2|TERM|INT|HUP)@[0-9]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_name(name: str, where: str) -> None:
+    """Environment variable names reach shell scripts unquoted (``export NAME=...``)."""
+    if not _ENV_NAME.fullmatch(name):
+        raise UserError(f"{where} {name!r}: not a valid environment variable name")
+
+
+def _check_arch(name: str, arch: TransformerArch) -> None:
+    for f in ("num_layers", "hidden_size", "num_attention_heads"):
+        if getattr(arch, f) < 1:
+            raise UserError(f"model.{name}.{f}={getattr(arch, f)} must be >= 1")
+    if arch.hidden_size % arch.num_attention_heads:
+        raise UserError(
+            f"model.{name}.hidden_size={arch.hidden_size} is not divisible by "
+            f"model.{name}.num_attention_heads={arch.num_attention_heads}"
+        )
+    if arch.num_attention_heads % arch.query_groups:
+        raise UserError(
+            f"model.{name}.num_attention_heads={arch.num_attention_heads} is not divisible by "
+            f"model.{name}.num_query_groups={arch.query_groups}"
+        )
+    if isinstance(arch, VisionEncoder) and arch.image_size % arch.patch_size:
+        raise UserError(
+            f"model.{name}.image_size={arch.image_size} is not a multiple of "
+            f"model.{name}.patch_size={arch.patch_size}"
+        )
+
+
+def _check_train(t: TrainConfig) -> None:
+    for f in ("steps", "micro_batch_size", "global_batch_size", "seq_length", "log_interval"):
+        if getattr(t, f) < 1:
+            raise UserError(f"train.{f}={getattr(t, f)} must be >= 1")
+    for f in ("save_interval", "eval_interval", "lr_warmup_steps"):
+        if getattr(t, f) < 0:
+            raise UserError(f"train.{f}={getattr(t, f)} must be >= 0")
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        raise UserError(f"train.lr={t.lr} and train.min_lr={t.min_lr} need 0 <= min_lr <= lr, lr > 0")
+    if t.timeout_s < 5:
+        raise UserError(f"train.timeout_s={t.timeout_s} must be >= 5")
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for recipe authors."""
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,127 @@
+"""From what the user typed to a validated job: recipe -> preset -> overrides -> nodes.
+
+:func:`resolve_job` is the one function every CLI command calls before showing, rendering
+or submitting anything; it raises :class:`UserError` (one line, exit 2) for any mistake, so
+nothing is written for a job that would not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import __version__
+from .config import JobConfig
+from .errors import LayoutError, UserError
+from .layout import RankInfo, check_batch_fit, check_model_fit, rank_map, scale_layout
+from .overrides import apply_env, apply_overrides
+from .recipe import load_recipe
+
+
+@dataclass
+class ResolvedJob:
+    """A validated job with its world size and node count."""
+
+    config: JobConfig
+    world_size: int
+    nodes: int
+    procs_per_node: int
+    toolkit_version: str = __version__
+    _rank_map: list[RankInfo] | None = field(default=None, repr=False)
+
+    @property
+    def rank_map(self) -> list[RankInfo]:
+        if self._rank_map is None:
+            self._rank_map = rank_map(self.config.layout, self.procs_per_node)
+        return self._rank_map
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.config.cluster.gpus_per_node > 0
+
+    def manifest(self) -> dict:
+        """The resolved config file a job reads (``job.json``)."""
+        return {
+            "toolkit_version": self.toolkit_version,
+            "config_hash": self.config.config_hash(),
+            "world_size": self.world_size,
+            "nodes": self.nodes,
+            "procs_per_node": self.procs_per_node,
+            "job": self.config.to_dict(),
+        }
+
+
+def validate(job: JobConfig, world_size: int | None = None) -> ResolvedJob:
+    """Check ``job`` (config, layout, model fit, node fit) and finalize its layout in place."""
+    job.check()
+    if world_size is None and job.cluster.nodes is not None:
+        world_size = job.cluster.nodes * job.cluster.procs_per_node
+    check_model_fit(job)
+    world = job.layout.finalize(world_size)
+    check_batch_fit(job)
+    ppn = job.cluster.procs_per_node
+    if world % ppn:
+        raise LayoutError(
+            f"the world size {world} does not fill whole nodes of cluster.procs_per_node={ppn}"
+        )
+    job.cluster.nodes = world // ppn
+    return ResolvedJob(config=job, world_size=world, nodes=world // ppn, procs_per_node=ppn)
+
+
+def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
+    """Resize the job's layout to ``nodes`` nodes, or fail naming node counts that work."""
+    if nodes < 1:
+        raise UserError(f"--nodes {nodes}: must be >= 1")
+    job.check()
+    try:
+        return _scaled(job, nodes)
+    except LayoutError as exc:
+        working = [n for n in range(1, max(4 * nodes, 16) + 1) if n != nodes and _fits(job, n)]
+        hint = f"node counts that work: {', '.join(map(str, working[:10]))}" if working else "no node count up to 64 works"
+        raise LayoutError(f"--nodes {nodes}: {exc}; {hint}") from None
+
+
+def _scaled(job: JobConfig, nodes: int) -> ResolvedJob:
+    world = nodes * job.cluster.procs_per_node
+    job.layout = scale_layout(job.layout, world)
+    job.cluster.nodes = nodes
+    return validate(job, world)
+
+
+def _fits(job: JobConfig, nodes: int) -> bool:
+    try:
+        _scaled(job.copy(), nodes)
+        return True
+    except LayoutError:
+        return False
+
+
+def resolve_job(
+    recipe: str,
+    preset: str | None = None,
+    *,
+    nodes: int | None = None,
+    sets: Sequence[str] = (),
+    env: Sequence[str] = (),
+    job_name: str | None = None,
+) -> ResolvedJob:
+    """Load ``recipe``/``preset``, apply ``--set``/``--env``/``--job-name``, scale to
+    ``--nodes`` and validate everything."""
+    job = load_recipe(recipe).build(preset)
+    apply_overrides(job, sets)
+    apply_env(job, env)
+    if job_name is not None:
+        if not job_name.strip():
+            raise UserError("--job-name: must not be empty")
+        job.job_name = job_name
+    if nodes is not None:
+        return scale_to_nodes(job, nodes)
+    return validate(job)
+
+
+def load_manifest(data: dict) -> ResolvedJob:
+    """Rebuild a ResolvedJob from a ``job.json`` written by render/submit."""
+    job = JobConfig.from_dict(data["job"])
+    resolved = validate(job, data.get("world_size"))
+    resolved.toolkit_version = data.get("toolkit_version", __version__)
+    return resolved

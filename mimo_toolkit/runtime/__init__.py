@@ -1,0 +1,1 @@
+"""The in-job runtime: runs under torchrun (imports torch and megatron-core)."""

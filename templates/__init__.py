@@ -1,0 +1,1 @@
+"""Launch templates (installed as ``mimo_toolkit.templates``); see README.md here."""
