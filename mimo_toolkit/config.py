@@ -170,12 +170,14 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     """Clip the global gradient norm (over all modules) to this; 0 disables."""
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Compute precision on GPU (CPU runs always use fp32)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Compute precision: bf16 (fp32 master weights in the optimizer) or fp32."""
     seed: int = 1234
     """Seed of weights, data order and dropout."""
     save_interval: int = 500
     """Save a checkpoint every N steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 3
+    """Keep the newest N checkpoints (0: keep all)."""
     log_interval: int = 1
     """Print a progress line every N steps (metrics.jsonl gets every step)."""
     eval_interval: int = 0
@@ -353,6 +355,8 @@ class JobConfig:
             raise UserError(f"cluster.signal={sig!r}: expected SIGNAL@SECONDS, e.g. USR2@300 (USR2, TERM, INT, HUP)")
         if self.cluster.max_restarts < 0:
             raise UserError(f"cluster.max_restarts={self.cluster.max_restarts} must be >= 0")
+        if self.cluster.nodes is not None and self.cluster.nodes < 1:
+            raise UserError(f"cluster.nodes={self.cluster.nodes} must be >= 1")
         if self.cluster.procs_per_node < 1:
             raise UserError(f"cluster.procs_per_node={self.cluster.procs_per_node} must be >= 1")
         if self.cluster.gpus_per_node < 0:
@@ -400,6 +404,8 @@ def _check_arch(name: str, arch: TransformerArch) -> None:
             f"model.{name}.num_attention_heads={arch.num_attention_heads} is not divisible by "
             f"model.{name}.num_query_groups={arch.query_groups}"
         )
+    if isinstance(arch, VisionEncoder) and min(arch.image_size, arch.patch_size) < 1:
+        raise UserError(f"model.{name}: image_size={arch.image_size} and patch_size={arch.patch_size} must be >= 1")
     if isinstance(arch, VisionEncoder) and arch.image_size % arch.patch_size:
         raise UserError(
             f"model.{name}.image_size={arch.image_size} is not a multiple of "
@@ -411,7 +417,7 @@ def _check_train(t: TrainConfig) -> None:
     for f in ("steps", "micro_batch_size", "global_batch_size", "seq_length", "log_interval"):
         if getattr(t, f) < 1:
             raise UserError(f"train.{f}={getattr(t, f)} must be >= 1")
-    for f in ("save_interval", "eval_interval", "lr_warmup_steps"):
+    for f in ("save_interval", "eval_interval", "lr_warmup_steps", "keep_checkpoints"):
         if getattr(t, f) < 0:
             raise UserError(f"train.{f}={getattr(t, f)} must be >= 0")
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:

@@ -141,6 +141,14 @@ class MimoParallelismConfig:
         unset; in heterogeneous mode it is the sum of the module sizes and, when given,
         must equal it.
         """
+        self.check_sizes()
+        if self.deployment_mode == "heterogeneous":
+            return self._finalize_heterogeneous(world_size)
+        return self._finalize_shared(world_size)
+
+    def check_sizes(self) -> None:
+        """The language module exists, sizes are >= 1 and offsets >= 0 (before any arithmetic
+        divides by a size)."""
         if self.language_module not in self.module_parallelisms:
             raise LayoutError(
                 f"layout.language_module={self.language_module!r} is not among the modules "
@@ -152,9 +160,6 @@ class MimoParallelismConfig:
                     raise LayoutError(f"layout.{name}.{short}={value} must be >= 1")
             if m.rank_offset < 0:
                 raise LayoutError(f"layout.{name}.rank_offset={m.rank_offset} must be >= 0")
-        if self.deployment_mode == "heterogeneous":
-            return self._finalize_heterogeneous(world_size)
-        return self._finalize_shared(world_size)
 
     def _finalize_shared(self, world_size: int | None) -> int:
         mode = self.deployment_mode
@@ -268,6 +273,7 @@ def check_model_fit(job: "JobConfig") -> None:
     """TP divides heads (and query groups), PP divides layers, CP splits the sequence and
     EP divides the experts. Needs no resolved DP, so it runs before :meth:`finalize`."""
     layout, train = job.layout, job.train
+    layout.check_sizes()
     for name, m in layout.module_parallelisms.items():
         arch = job.model[name]
         tp, pp, cp = m.tensor_parallel, m.pipeline_parallel, m.context_parallel

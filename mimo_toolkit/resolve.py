@@ -73,11 +73,20 @@ def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
     if nodes < 1:
         raise UserError(f"--nodes {nodes}: must be >= 1")
     job.check()
+    job.layout.check_sizes()  # before scaling divides by a size; not a node-count problem
+    layout, count = job.layout, job.cluster.nodes
     try:
         return _scaled(job, nodes)
     except LayoutError as exc:
-        working = [n for n in range(1, max(4 * nodes, 16) + 1) if n != nodes and _fits(job, n)]
-        hint = f"node counts that work: {', '.join(map(str, working[:10]))}" if working else "no node count up to 64 works"
+        job.layout, job.cluster.nodes = layout, count  # search from the preset's layout
+        limit = max(4 * nodes, 16)
+        working: list[int] = []
+        for n in range(1, limit + 1):
+            if len(working) == 10:  # enough to choose from
+                break
+            if n != nodes and _fits(job, n):
+                working.append(n)
+        hint = f"node counts that work: {', '.join(map(str, working))}" if working else f"no node count up to {limit} works"
         raise LayoutError(f"--nodes {nodes}: {exc}; {hint}") from None
 
 
@@ -89,11 +98,16 @@ def _scaled(job: JobConfig, nodes: int) -> ResolvedJob:
 
 
 def _fits(job: JobConfig, nodes: int) -> bool:
+    # _scaled replaces job.layout (scale_layout copies it) and sets cluster.nodes: restore
+    # those two instead of copying the whole job for every candidate.
+    layout, count = job.layout, job.cluster.nodes
     try:
-        _scaled(job.copy(), nodes)
+        _scaled(job, nodes)
         return True
     except LayoutError:
         return False
+    finally:
+        job.layout, job.cluster.nodes = layout, count
 
 
 def resolve_job(

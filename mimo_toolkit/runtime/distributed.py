@@ -1,0 +1,235 @@
+"""Process-group setup, preemption signals, and failure handling that ends every rank quickly.
+
+Failure board: every rank heartbeats into torchrun's rendezvous store (a second client
+connection to ``MASTER_ADDR:MASTER_PORT``) and a watchdog thread polls it. When a rank
+fails it records its exception there before exiting; a rank that dies without a word (a
+kill) stops heartbeating. Either way every other rank's watchdog notices within a few
+seconds and exits with :data:`EXIT_PEER_FAILED`, even while its main thread is stuck in a
+collective; rank 0 first says which rank failed first and why, and writes it to
+``exit_status.json``. Communication errors are symptoms, never named as the cause when a
+real failure or a silent rank explains them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ..run_dir import EXIT_PEER_FAILED, RunDir, write_json_atomic
+
+HEARTBEAT_S = 1.0
+STALE_AFTER_S = 10.0
+_COMM_ERRORS = ("Connection closed", "Connection reset", "Broken pipe", "timed out", "Timed out", "NCCL", "peer")
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    stop_signal: str = ""
+
+
+def init_distributed(timeout_s: int, want_gpu: bool) -> DistContext:
+    """Join the job's process group: NCCL on GPUs when the job asks for them, gloo otherwise."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_gpu = want_gpu and torch.cuda.is_available()
+    if use_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if use_gpu else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if use_gpu else None,
+        )
+    return DistContext(rank, world, local_rank, device, backend)
+
+
+def install_stop_signals(ctx: DistContext) -> None:
+    """SIGTERM / SIGUSR2: finish the current step, save, and exit for a requeue."""
+
+    def handler(signum, frame):
+        ctx.stop_signal = signal.Signals(signum).name
+        ctx.stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, handler)
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(s in text for s in _COMM_ERRORS)
+
+
+class LocalBoard:
+    """A single process outside torchrun: nobody to tell, nothing to watch."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.rank = 0
+
+    def start(self) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def record(self, exc: BaseException, step: int | None) -> None:
+        write_json_atomic(self.run_dir.failure_file(0), {"rank": 0, "time": time.time(), "step": step,
+                                                         "error": f"{type(exc).__name__}: {exc}"})
+
+    def abort(self, why: str) -> None:
+        self.run_dir.write_exit_status("failed", first_failed_rank=0, message=why)
+
+
+def failure_board(rank: int, world: int, run_dir: RunDir, timeout_s: int):
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return LocalBoard(run_dir)
+    return FailureBoard(rank, world, run_dir, timeout_s)
+
+
+class FailureBoard:
+    """Heartbeats and failure reports in the rendezvous store, watched by a daemon thread."""
+
+    def __init__(self, rank: int, world: int, run_dir: RunDir, timeout_s: int) -> None:
+        self.rank = rank
+        self.world = world
+        self.run_dir = run_dir
+        self.store = dist.TCPStore(
+            os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            int(os.environ.get("MASTER_PORT", "29500")),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+        )
+        self.prefix = f"mimo/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.time()
+        self._register_grace = float(timeout_s)
+
+    # ---- heartbeat / watchdog ---------------------------------------------------------------
+    def start(self) -> None:
+        self._beat()
+        self._thread = threading.Thread(target=self._watch, name="mimo-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        self.store.set(f"{self.prefix}/hb/{self.rank}", str(time.time()))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+                failed = int(self.store.add(f"{self.prefix}/failures", 0))
+                stale = self.silent_ranks()
+            except Exception:  # the store's host (rank 0's node agent) is gone
+                failed, stale = 1, []
+            if failed or stale:
+                if self._stop.is_set():
+                    return
+                self.abort(f"a peer failed (stale: {stale})" if stale else "a peer failed")
+
+    def silent_ranks(self) -> list[int]:
+        """Ranks that stopped heartbeating (or never started within the timeout) and did not
+        finish cleanly."""
+        now = time.time()
+        silent = []
+        for r in range(self.world):
+            if self._has(f"done/{r}"):
+                continue
+            if self._has(f"hb/{r}"):
+                if now - float(self.store.get(f"{self.prefix}/hb/{r}").decode()) > STALE_AFTER_S:
+                    silent.append(r)
+            elif now - self._started > self._register_grace:
+                silent.append(r)
+        return silent
+
+    def finish(self) -> None:
+        """This rank is leaving cleanly (completed or preempted): it is not a silent failure."""
+        self.store.set(f"{self.prefix}/done/{self.rank}", "1")
+        self.stop()
+
+    def _has(self, key: str) -> bool:
+        return self.store.check([f"{self.prefix}/{key}"])
+
+    # ---- failures ---------------------------------------------------------------------------
+    def record(self, exc: BaseException, step: int | None) -> None:
+        """This rank failed: tell the board (and the run dir) before exiting."""
+        info = {
+            "rank": self.rank,
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "step": step,
+            "error": f"{type(exc).__name__}: {exc}".strip()[:2000],
+            "comm_error": is_comm_error(exc),
+            "traceback": "".join(traceback.format_exception(exc))[-20000:],
+        }
+        write_json_atomic(self.run_dir.failure_file(self.rank), info)
+        try:
+            self.store.set(f"{self.prefix}/failure/{self.rank}", json.dumps(info))
+            self.store.add(f"{self.prefix}/failures", 1)
+        except Exception:
+            pass
+
+    def first_failure(self) -> dict:
+        """The root cause: the earliest non-communication failure, else a silent rank, else the
+        earliest communication failure."""
+        reports = []
+        for r in range(self.world):
+            try:
+                if self._has(f"failure/{r}"):
+                    reports.append(json.loads(self.store.get(f"{self.prefix}/failure/{r}").decode()))
+            except Exception:
+                continue
+        real = sorted((f for f in reports if not f["comm_error"]), key=lambda f: f["time"])
+        if real:
+            return real[0]
+        try:
+            silent = [r for r in self.silent_ranks() if r != self.rank]
+        except Exception:
+            silent = []
+        if silent:
+            return {"rank": silent[0], "error": "stopped responding (the process died or was killed)", "comm_error": False}
+        reports.sort(key=lambda f: f["time"])
+        return reports[0] if reports else {"rank": self.rank, "error": "unknown failure", "comm_error": True}
+
+    def abort(self, why: str) -> None:
+        """End this rank now (from any thread); rank 0 reports the first failure first."""
+        self._stop.set()
+        if self.rank == 0:
+            time.sleep(1.0)  # let the failing rank's report land
+            first = self.first_failure()
+            msg = f"rank {first['rank']} failed first: {first['error']}"
+            print(f"[mimo-toolkit] {msg}", file=sys.stderr, flush=True)
+            try:
+                self.run_dir.write_exit_status("failed", first_failed_rank=first["rank"], message=first["error"])
+            except Exception:
+                pass
+        sys.stderr.flush()
+        os._exit(EXIT_PEER_FAILED)

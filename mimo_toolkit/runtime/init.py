@@ -1,0 +1,112 @@
+"""Layout-independent weight initialisation.
+
+megatron-core initialises weights from the global RNG in construction order, so a model
+built with PP=2 (each stage builds only its layers) or with modules on other ranks starts
+from different numbers than the same model with PP=1. Here every parameter is drawn from its
+own generator, seeded by ``(seed, module, canonical name)``, as the FULL unsharded tensor,
+then sliced to this rank's tensor-parallel shard exactly as megatron-core's CPU
+initialisation slices it (``partition_dim``, ``partition_stride``). The canonical name uses
+global layer numbers, so stage 2 of PP=2 gets the same weights layer 3 has under PP=1.
+
+Rules (megatron-core's defaults): biases 0; normalisation weights 1; everything else
+normal(0, std), with std / sqrt(2 * num_layers) for the two output projections of each
+transformer layer (attention ``linear_proj`` and MLP ``linear_fc2``). Vocabulary-sized
+tensors are drawn for the true vocabulary; padding rows are 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+import torch
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+_NORM_TYPES: tuple[type, ...] = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
+_VOCAB_PARAMS = ("embedding.word_embeddings.weight", "output_layer.weight")
+_SCALED = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    if isinstance(module, _NORM_TYPES):
+        return True
+    name = type(module).__name__
+    return name.endswith(("LayerNorm", "RMSNorm")) or name in {"TENorm", "WrappedTorchNorm"}
+
+
+def param_seed(seed: int, module_name: str, canonical: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{module_name}/{canonical}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def canonical_names(module: torch.nn.Module) -> dict[str, str]:
+    """Local parameter name -> name with global (PP-independent) layer numbers."""
+    layer_prefix: dict[str, str] = {}
+    for name, mod in module.named_modules():
+        if isinstance(mod, TransformerLayer):
+            layer_prefix[name] = re.sub(r"layers\.\d+$", f"layers.{mod.layer_number - 1}", name)
+    out = {}
+    for name, _ in module.named_parameters():
+        canonical = name
+        for local, glob in layer_prefix.items():
+            if name.startswith(local + "."):
+                canonical = glob + name[len(local) :]
+                break
+        out[name] = canonical
+    return out
+
+
+def shard(full: torch.Tensor, dim: int, stride: int, rank: int, world: int) -> torch.Tensor:
+    """This TP rank's slice of a full tensor (megatron-core's CPU init split)."""
+    per_stride = full.shape[dim] // world // stride
+    chunks = torch.split(full, per_stride, dim=dim)
+    return torch.cat(chunks[rank::world], dim=dim)
+
+
+@torch.no_grad()
+def init_module(
+    module: torch.nn.Module,
+    *,
+    seed: int,
+    module_name: str,
+    std: float,
+    num_layers: int,
+    tp_rank: int,
+    tp_size: int,
+    vocab_size: int | None = None,
+) -> None:
+    """Initialise every parameter of ``module`` (one module's stage on this rank) in place."""
+    names = canonical_names(module)
+    owners = {}
+    for mod_name, mod in module.named_modules():
+        for pname, _ in mod.named_parameters(recurse=False):
+            owners[f"{mod_name}.{pname}" if mod_name else pname] = mod
+    for name, param in module.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        owner = owners[name]
+        if leaf == "bias" or leaf.endswith("_bias"):
+            param.zero_()
+            continue
+        if _is_norm(owner) or leaf == "layer_norm_weight":
+            param.fill_(1.0)
+            continue
+        canonical = names[name]
+        sharded = bool(getattr(param, "tensor_model_parallel", False)) and tp_size > 1
+        dim = getattr(param, "partition_dim", 0)
+        full_shape = list(param.shape)
+        if sharded:
+            full_shape[dim] *= tp_size
+        draw_shape = list(full_shape)
+        is_vocab = vocab_size is not None and canonical.endswith(_VOCAB_PARAMS)
+        if is_vocab:
+            draw_shape[0] = vocab_size
+        sigma = std / math.sqrt(2.0 * num_layers) if canonical.endswith(_SCALED) else std
+        gen = torch.Generator().manual_seed(param_seed(seed, module_name, canonical))
+        full = torch.randn(draw_shape, generator=gen, dtype=torch.float32) * sigma
+        if is_vocab and draw_shape[0] < full_shape[0]:
+            pad = torch.zeros([full_shape[0] - draw_shape[0], *full_shape[1:]])
+            full = torch.cat([full, pad], dim=0)
+        if sharded:
+            full = shard(full, dim, getattr(param, "partition_stride", 1), tp_rank, tp_size)
+        param.copy_(full.to(dtype=param.dtype, device=param.device))

@@ -1,0 +1,63 @@
+"""Per-step metrics: one JSON line per step in ``metrics.jsonl`` and a progress line (rank 0).
+
+Per-module forward/backward seconds are the slowest rank's (one MAX all-reduce per step),
+since the slowest replica sets the pace. MFU is reported on GPUs only: model FLOPs of the
+step (``mimo_toolkit.planner`` formulas, the same the planner predicts with) over the
+world's peak dense BF16 throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..run_dir import RunDir
+
+
+def slowest_times(times: dict[str, float], keys: list[str], device: torch.device) -> dict[str, float]:
+    """MAX over ranks of each '<module>/fwd|bwd' time (keys in the same order everywhere)."""
+    vec = torch.tensor([times.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(vec, op=dist.ReduceOp.MAX)
+    return {k: round(v, 6) for k, v in zip(keys, vec.tolist())}
+
+
+class MetricsLog:
+    """Appends metrics (rank 0 only) and prints progress."""
+
+    def __init__(self, run_dir: RunDir, rank: int, total_steps: int, log_interval: int) -> None:
+        self.enabled = rank == 0
+        self.path = run_dir.metrics_file
+        self.total = total_steps
+        self.interval = log_interval
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"time": round(time.time(), 3), **row}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        step = row["step"]
+        if step % self.interval == 0 or step == self.total:
+            parts = [
+                f"step {step}/{self.total}",
+                f"loss {row['loss']:.4f}",
+                f"lr {row['lr']:.2e}",
+                f"grad {row['grad_norm']:.3f}",
+                f"{row['step_time_s']:.3f} s/step",
+                f"{row['tokens_per_s']:.0f} tok/s",
+            ]
+            if row.get("mfu") is not None:
+                parts.append(f"MFU {100 * row['mfu']:.1f}%")
+            if row.get("skipped"):
+                parts.append("SKIPPED (inf/nan)")
+            print(" | ".join(parts), flush=True)
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stdout, flush=True)

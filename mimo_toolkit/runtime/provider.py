@@ -1,0 +1,363 @@
+"""The MIMO model provider: per-module HyperCommGrids, process groups, rank roles, freezing,
+and per-module data parallelism, on megatron-core 0.16.1.
+
+API follows Megatron-Bridge's ``MimoModelProvider`` (``provide()`` returns only the model;
+``build_infra()`` returns grids, topology and process groups separately), with what 0.16.1
+lacks owned here:
+
+* rank roles: :class:`RankLocalMimoModel` builds only the modules this rank takes part in
+  (an encoder rank holds no LLM weights and vice versa), and only its pipeline stage;
+* layout-independent initialisation (``mimo_toolkit.runtime.init``);
+* a data-parallel path that works over gloo on CPU (``mimo_toolkit.runtime.data_parallel``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from megatron.core.hyper_comm_grid import HyperCommGrid
+from megatron.core.models.mimo import MimoModel, MimoModelConfig
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+
+from ..config import JobConfig
+from ..layout import MimoParallelismConfig
+from . import grids
+from .data_parallel import wrap_data_parallel
+from .init import init_module
+from .portable import make_rotary_portable
+from .specs import ENCODER_KEY, Backend, detect_backend, mimo_specs
+
+Hook = Callable[[list[torch.nn.Module]], list[torch.nn.Module]]
+
+
+@dataclass
+class MimoModelInfra:
+    """MIMO infrastructure metadata, kept apart from the model."""
+
+    module_to_grid_map: dict[str, HyperCommGrid]
+    """A HyperCommGrid per module (dims tp, cp, dp, pp, innermost first)."""
+    topology: dict[str, list[str]]
+    """Module data flow: module -> modules it feeds (encoders -> the LLM)."""
+    pg_collections: dict[str, ProcessGroupCollection | None]
+    """A ProcessGroupCollection per module; None where this rank does not take part."""
+    participating_modules: list[str]
+    """Modules this rank takes part in, in declaration order."""
+
+
+class RankLocalMimoModel(MimoModel):
+    """megatron-core's MimoModel, building only the modules (and stage) this rank holds.
+
+    ``modality_submodules`` holds this rank's encoders; ``language_model`` is this rank's
+    LLM pipeline stage, or None on encoder-only ranks.
+    """
+
+    def __init__(self, mimo_config: MimoModelConfig, participating: Sequence[str], language_module: str) -> None:
+        self._participating = set(participating)
+        self._language_module = language_module
+        super().__init__(mimo_config)
+
+    def _initialize_submodules(self) -> None:
+        for name, spec in self.mimo_config.modality_submodules_spec.items():
+            if name in self._participating:
+                self.modality_submodules[name] = spec.module.from_spec(spec)
+
+    def _initialize_language_model(self) -> None:
+        self.language_model = None
+        if self._language_module in self._participating:
+            self.language_model = build_module(self.mimo_config.language_model_spec)
+
+
+@dataclass
+class MimoModelProvider:
+    """Builds a MIMO model with a different parallel layout per module.
+
+    Example::
+
+        provider = MimoModelProvider.from_job(job)
+        provider.finalize()
+        model = provider.provide_distributed_model()[0]
+        infra = provider.get_or_build_infra()
+    """
+
+    language_model_spec: ModuleSpec
+    modality_submodules_spec: dict[str, ModuleSpec] = field(default_factory=dict)
+    special_token_ids: dict[str, int] = field(default_factory=dict)
+    mimo_parallelism_config: MimoParallelismConfig | None = None
+    freeze_language_model: bool = False
+    freeze_modality_encoders: dict[str, bool] = field(default_factory=dict)
+    freeze_modality_projections: dict[str, bool] = field(default_factory=dict)
+    fp16: bool = False
+    bf16: bool = True
+    use_cpu_initialization: bool = False
+    init_model_with_meta_device: bool = False
+    virtual_pipeline_model_parallel_size: int | None = None
+    seed: int = 1234
+    """Seed of the layout-independent weight initialisation."""
+    language_vocab_size: int | None = None
+    """True (unpadded) vocabulary size; padding rows start at zero."""
+    backend: Backend = "local"
+    """Layer backend the specs were built for (te or local)."""
+    _cached_infra: MimoModelInfra | None = field(default=None, repr=False)
+    _finalized: bool = field(default=False, repr=False)
+
+    # ---- construction from a job --------------------------------------------------------
+    @classmethod
+    def from_job(cls, job: JobConfig, backend: Backend | None = None) -> "MimoModelProvider":
+        backend = backend or detect_backend()
+        bf16 = job.train.precision == "bf16"
+        specs = mimo_specs(job, backend, torch.bfloat16 if bf16 else torch.float32)
+        return cls(
+            language_model_spec=specs.language_model_spec,
+            modality_submodules_spec=specs.modality_submodules_spec,
+            special_token_ids=specs.special_token_ids,
+            mimo_parallelism_config=job.layout,
+            freeze_language_model=job.is_frozen(job.layout.language_module),
+            freeze_modality_encoders={n: job.is_frozen(n) for n in job.encoders},
+            freeze_modality_projections={n: job.is_frozen(f"{n}_projector") for n in job.encoders},
+            fp16=False,
+            bf16=bf16,
+            use_cpu_initialization=True,
+            seed=job.train.seed,
+            language_vocab_size=job.language_model.vocab_size,
+            backend=backend,
+        )
+
+    # ---- compatibility properties (the LLM's layout) --------------------------------------
+    @property
+    def _llm(self):
+        return self._config.language
+
+    @property
+    def tensor_model_parallel_size(self) -> int:
+        return self._llm.tensor_parallel
+
+    @property
+    def pipeline_model_parallel_size(self) -> int:
+        return self._llm.pipeline_parallel
+
+    @property
+    def context_parallel_size(self) -> int:
+        return self._llm.context_parallel
+
+    @property
+    def _config(self) -> MimoParallelismConfig:
+        if self.mimo_parallelism_config is None:
+            raise ValueError("mimo_parallelism_config is required")
+        return self.mimo_parallelism_config
+
+    # ---- validation -------------------------------------------------------------------------
+    def finalize(self) -> None:
+        """Validate the layout against the real world size and what the runtime supports.
+
+        Raises ValueError before any process group or model exists.
+        """
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+        cfg = self._config
+        cfg.finalize(world)
+        for rank in range(world):
+            if not cfg.modules_of_rank(rank):
+                raise ValueError(f"rank {rank} takes part in no module")
+        for name, par in cfg.module_parallelisms.items():
+            if name != cfg.language_module and par.pipeline_parallel != 1:
+                raise ValueError(
+                    f"layout.{name}.pp={par.pipeline_parallel}: encoders run as one pipeline stage "
+                    f"(megatron-core 0.16.1's CLIPViTModel has no stages); use tp or dp"
+                )
+            if par.context_parallel != 1 and self.backend != "te":
+                raise ValueError(f"layout.{name}.cp={par.context_parallel}: context parallelism needs transformer-engine")
+            if par.expert_parallel != 1:
+                raise ValueError(f"layout.{name}.ep={par.expert_parallel}: the recipes' models have no experts")
+        if self.fp16:
+            raise ValueError("fp16 needs a loss scaler, which this runtime does not have; use bf16")
+        if self.virtual_pipeline_model_parallel_size not in (None, 1):
+            raise ValueError("virtual pipeline stages are not supported")
+        self._finalized = True
+
+    # ---- infrastructure -----------------------------------------------------------------------
+    def build_infra(self) -> MimoModelInfra:
+        """Create every module's grid and process groups (a collective on every rank)."""
+        if not self._finalized:
+            self.finalize()
+        cfg = self._config
+        pg_backend = "nccl" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "gloo"
+        grid_map, pgcs = grids.build_all(cfg, pg_backend)
+        rank = dist.get_rank()
+        topology = {name: [cfg.language_module] for name in cfg.encoder_names}
+        topology[cfg.language_module] = []
+        return MimoModelInfra(grid_map, topology, pgcs, cfg.modules_of_rank(rank))
+
+    def get_or_build_infra(self) -> MimoModelInfra:
+        if self._cached_infra is None:
+            self._cached_infra = self.build_infra()
+        return self._cached_infra
+
+    def initialize_model_parallel(self, *args, **kwargs) -> None:
+        """No-op: MIMO builds per-module groups in :meth:`build_infra`, not global state."""
+
+    # ---- the model ----------------------------------------------------------------------------
+    def _inject_language_spec(self, pgc: ProcessGroupCollection) -> ModuleSpec:
+        spec = copy.deepcopy(self.language_model_spec)
+        spec.params["pg_collection"] = pgc
+        spec.params["pre_process"] = pgc.pp.rank() == 0
+        spec.params["post_process"] = pgc.pp.rank() == pgc.pp.size() - 1
+        return spec
+
+    def _inject_modality_spec(self, spec: ModuleSpec, pgc: ProcessGroupCollection) -> ModuleSpec:
+        spec = copy.deepcopy(spec)
+        for encoder_spec in spec.submodules.get("encoders", {}).values():
+            encoder_spec.params["pg_collection"] = pgc
+        for proj_spec in spec.submodules.get("input_projections", []):
+            proj_spec.params["tp_group"] = pgc.tp
+        return spec
+
+    def provide(self, pre_process=None, post_process=None, vp_stage=None) -> RankLocalMimoModel:
+        """Build this rank's part of the model (on CPU unless meta-device init is requested)."""
+        infra = self.get_or_build_infra()
+        cfg = self._config
+        pgcs = infra.pg_collections
+        lm_name = cfg.language_module
+        lm_spec = self._inject_language_spec(pgcs[lm_name]) if lm_name in infra.participating_modules else self.language_model_spec
+        modality = {
+            name: self._inject_modality_spec(spec, pgcs[name]) if name in infra.participating_modules else spec
+            for name, spec in self.modality_submodules_spec.items()
+        }
+        mimo_config = MimoModelConfig(
+            language_model_spec=lm_spec,
+            modality_submodules_spec=modality,
+            special_token_ids=dict(self.special_token_ids),
+        )
+        device = torch.device("meta") if self.init_model_with_meta_device else torch.device("cpu")
+        with device:
+            model = RankLocalMimoModel(mimo_config, infra.participating_modules, lm_name)
+        make_rotary_portable(model)
+        if not self.init_model_with_meta_device:
+            self.initialize_weights(model)
+        self._apply_freezing(model)
+        return model
+
+    def initialize_weights(self, model: RankLocalMimoModel) -> None:
+        """Layout-independent initialisation of every parameter this rank holds."""
+        infra = self.get_or_build_infra()
+        for name, part in _module_parts(model, self._config.language_module).items():
+            pgc = infra.pg_collections[name]
+            spec = self.language_model_spec if part is model.language_model else self.modality_submodules_spec[name]
+            config = spec.params["config"] if "config" in (spec.params or {}) else _encoder_config(spec, name)
+            init_module(
+                part,
+                seed=self.seed,
+                module_name=name,
+                std=config.init_method_std,
+                num_layers=config.num_layers,
+                tp_rank=pgc.tp.rank(),
+                tp_size=pgc.tp.size(),
+                vocab_size=self.language_vocab_size if part is model.language_model else None,
+            )
+
+    def _apply_freezing(self, model: RankLocalMimoModel) -> None:
+        if self.freeze_language_model and model.language_model is not None:
+            for p in model.language_model.parameters():
+                p.requires_grad_(False)
+        for name, submodule in model.modality_submodules.items():
+            if self.freeze_modality_encoders.get(name, False):
+                for p in submodule.encoders.parameters():
+                    p.requires_grad_(False)
+            if self.freeze_modality_projections.get(name, False):
+                for p in submodule.input_projections.parameters():
+                    p.requires_grad_(False)
+
+    def provide_distributed_model(
+        self,
+        ddp_config=None,
+        model_type=None,
+        overlap_param_gather_with_optimizer_step: bool = False,
+        fp16: bool | None = None,
+        bf16: bool | None = None,
+        use_megatron_fsdp: bool = False,
+        use_torch_fsdp2: bool = False,
+        wrap_with_ddp: bool = True,
+        data_parallel_random_init: bool = False,
+        use_cpu_initialization: bool | None = False,
+        init_model_with_meta_device: bool | None = None,
+        pre_wrap_hook: Hook | list[Hook] | None = None,
+        post_wrap_hook: Hook | None = None,
+        mixed_precision_wrapper: Callable | None = None,
+    ) -> list[RankLocalMimoModel]:
+        """Build, move to this rank's device, cast, and give every module its own data parallelism.
+
+        Each participating module with trainable parameters gets a data-parallel wrapper over
+        its OWN dp x cp group (megatron-core DDP on CUDA, ``PortableDataParallel`` over gloo
+        on CPU), stored in ``model.data_parallel[name]``. The modules themselves stay in place
+        (``model.language_model``, ``model.modality_submodules``) so MimoModel's own methods
+        keep working; the wrappers own the fp32 ``main_grad`` buffers and their reduction.
+        Gradients are SUMMED over data-parallel replicas (losses are normalised by the global
+        token count), so every layout computes the same update.
+        """
+        if use_megatron_fsdp or use_torch_fsdp2:
+            raise ValueError("FSDP is not supported by the MIMO runtime")
+        if fp16 is not None:
+            self.fp16 = fp16
+        if bf16 is not None:
+            self.bf16 = bf16
+        if init_model_with_meta_device is not None:
+            self.init_model_with_meta_device = init_model_with_meta_device
+        if not self._finalized:
+            self.finalize()
+        infra = self.get_or_build_infra()
+        model = self.provide()
+        models = [model]
+        for hook in _as_hooks(pre_wrap_hook):
+            models = hook(models)
+        device = _local_device()
+        if self.init_model_with_meta_device:
+            model.to_empty(device=device)
+            self.initialize_weights(model)
+        else:
+            model.to(device)
+        if mixed_precision_wrapper is not None:
+            models = [mixed_precision_wrapper(m) for m in models]
+        elif self.bf16:
+            model.to(torch.bfloat16)
+        model.data_parallel = {}
+        if wrap_with_ddp:
+            for name, part in _module_parts(model, self._config.language_module).items():
+                wrapper = wrap_data_parallel(part, infra.pg_collections[name], ddp_config)
+                if wrapper is not None:
+                    model.data_parallel[name] = wrapper
+        if post_wrap_hook is not None:
+            models = post_wrap_hook(models)
+        return models
+
+
+def _module_parts(model: RankLocalMimoModel, language_module: str) -> dict[str, torch.nn.Module]:
+    """This rank's modules by name (encoder submodules and the LLM stage)."""
+    parts: dict[str, torch.nn.Module] = dict(model.modality_submodules.items())
+    if model.language_model is not None:
+        parts[language_module] = model.language_model
+    return parts
+
+
+def _encoder_config(spec: ModuleSpec, name: str):
+    encoders = spec.submodules["encoders"]
+    enc_spec = next(iter(encoders.values()))
+    return enc_spec.params["transformer_config"]
+
+
+def _as_hooks(hooks) -> list[Hook]:
+    if hooks is None:
+        return []
+    return list(hooks) if isinstance(hooks, (list, tuple)) else [hooks]
+
+
+def _local_device() -> torch.device:
+    if torch.cuda.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+__all__ = ["ENCODER_KEY", "MimoModelInfra", "MimoModelProvider", "RankLocalMimoModel"]

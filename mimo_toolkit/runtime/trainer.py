@@ -1,0 +1,187 @@
+"""The training loop, top to bottom.
+
+Build order: process groups -> model (per-module layouts, rank roles, freezing, data
+parallelism) -> optimizers -> transport and bridge -> data -> schedule -> checkpointer ->
+resume. Each step: zero gradient buffers, run this rank's schedule (forward and backward of
+every micro-batch), reduce gradients per module, agree on the global gradient norm and on
+inf/nan across all modules, step every module's optimizer (or all skip), log, checkpoint,
+and stop cleanly when a preemption signal arrived anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..config import JobConfig
+from ..errors import UserError
+from ..run_dir import EXIT_REQUEUE, RunDir
+from .bridge import make_bridge
+from .checkpoint import Checkpointer
+from .data import BatchGeometry, ReplicaData, build_dataset
+from .distributed import DistContext
+from .engine import Engine
+from .metrics import MetricsLog, slowest_times
+from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
+from .p2p import P2P
+from .provider import MimoModelProvider, _module_parts
+from .schedule import build_schedule, roles_of_rank
+
+
+def backward_modules(job: JobConfig) -> set[str]:
+    """Modules whose backward must run: trained encoders, and the LLM when anything trains."""
+    trained_encoders = {
+        name for name in job.encoders if not (job.is_frozen(name) and job.is_frozen(f"{name}_projector"))
+    }
+    llm = job.layout.language_module
+    if not job.is_frozen(llm) or trained_encoders:
+        return trained_encoders | {llm}
+    raise UserError("freeze: every module and projector is frozen; there is nothing to train")
+
+
+class Trainer:
+    def __init__(self, job: JobConfig, run_dir: RunDir, ctx: DistContext) -> None:
+        self.job = job
+        self.run_dir = run_dir
+        self.ctx = ctx
+        self.rank = ctx.rank
+        layout = job.layout
+        self.backward = backward_modules(job)
+
+        # Model: per-module grids and process groups, this rank's modules, data parallelism.
+        self.provider = MimoModelProvider.from_job(job)
+        self.provider.finalize()
+        self.model = self.provider.provide_distributed_model()[0]
+        self.infra = self.provider.get_or_build_infra()
+        self.pgcs = self.infra.pg_collections
+        self.parts = _module_parts(self.model, layout.language_module)
+        self.dtype = torch.bfloat16 if self.provider.bf16 else torch.float32
+
+        # Optimizers: one per module this rank trains.
+        self.optimizers: dict[str, ModuleOptimizer] = {}
+        for name, part in self.parts.items():
+            params = [p for p in part.parameters() if p.requires_grad]
+            if params:
+                c = layout.module_parallelisms[name].coordinates(self.rank)
+                counts = [counts_for_norm(p, c["tp"], c["pp"]) for p in params]
+                self.optimizers[name] = ModuleOptimizer(name, params, job.train, counts)
+
+        # Transport, data and schedule.
+        self.geometry = BatchGeometry.of(job)
+        self.p2p = P2P(ctx.backend)
+        self.bridge = make_bridge(
+            layout, self.p2p, self.pgcs, self.geometry.micro_batch, job.language_model.hidden_size, self.dtype, ctx.device
+        )
+        replica_of = {name: layout.module_parallelisms[name].coordinates(self.rank)["dp"] for name in self.parts}
+        self.data = ReplicaData(build_dataset(job), job, replica_of)
+        schedules = build_schedule(layout, self.geometry.num_microbatches, self.backward)
+        self.ops = schedules[roles_of_rank(layout, self.rank)]
+        self.engine = Engine(
+            job, self.model, self.pgcs, self.bridge, self.p2p, self.data, self.backward, self.ops, ctx.device, self.dtype
+        )
+        self.checkpointer = Checkpointer(run_dir, layout, self.parts, self.optimizers, job.train.keep_checkpoints)
+        self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
+        self.module_names = list(layout.module_parallelisms)
+        self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd")]
+        self.counted = {
+            name: layout.module_parallelisms[name].coordinates(self.rank) is not None
+            and layout.module_parallelisms[name].coordinates(self.rank)["dp"] == 0
+            and layout.module_parallelisms[name].coordinates(self.rank)["cp"] == 0
+            for name in self.module_names
+        }
+        self.step = 0
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self) -> int:
+        self.step = self.resume()
+        train = self.job.train
+        last_saved = self.step
+        while self.step < train.steps:
+            row, stop = self.train_step(self.step)
+            self.step += 1
+            self.metrics.log(row)
+            if stop or (train.save_interval and self.step % train.save_interval == 0):
+                self.save()
+                last_saved = self.step
+            if stop:
+                self.metrics.say(f"[mimo-toolkit] {self.ctx.stop_signal or 'stop'} received: saved step {self.step}, exiting for requeue")
+                if self.rank == 0:
+                    self.run_dir.write_exit_status("preempted", step=self.step)
+                return EXIT_REQUEUE
+        if last_saved != self.step or self.checkpointer.latest() is None:
+            self.save()
+        if self.rank == 0:
+            self.run_dir.write_exit_status("completed", step=self.step)
+        return 0
+
+    def train_step(self, step: int) -> tuple[dict, bool]:
+        start = time.perf_counter()
+        for wrapper in self.model.data_parallel.values():
+            wrapper.zero_grad_buffer()
+        out = self.engine.run_step(step)
+        for wrapper in self.model.data_parallel.values():
+            wrapper.finish_grad_sync()
+        self._sync_tied_embeddings()
+        consensus = step_consensus(
+            self.optimizers, self.module_names, self.counted, out.loss_sum, out.loss_tokens,
+            self.ctx.stop_requested.is_set(), self.ctx.device,
+        )
+        lr = None
+        if consensus.finite:
+            coef = clip_coefficient(consensus.grad_norm, self.job.train.clip_grad)
+            for opt in self.optimizers.values():
+                lr = opt.step(coef)
+        else:
+            for opt in self.optimizers.values():
+                opt.skip()
+        times = slowest_times(out.times, self.time_keys, self.ctx.device)
+        step_time = time.perf_counter() - start
+        tokens = self.job.train.global_batch_size * self.job.train.seq_length
+        row = {
+            "step": step + 1,
+            "loss": consensus.loss,
+            "lr": lr if lr is not None else _lr_now(self.job, step),
+            "grad_norm": consensus.grad_norm,
+            "module_grad_norm": consensus.module_grad_norms,
+            "step_time_s": step_time,
+            "tokens_per_s": tokens / step_time,
+            "loss_tokens": consensus.loss_tokens,
+            "module_time_s": times,
+            "bridge_bytes": {"forward": self.bridge.stats.forward_bytes, "backward": self.bridge.stats.backward_bytes},
+            "skipped": not consensus.finite,
+        }
+        return row, consensus.stop
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def _sync_tied_embeddings(self) -> None:
+        """Tied input/output embeddings on different pipeline stages: sum their gradients."""
+        lm = self.model.language_model
+        llm_arch = self.job.language_model
+        if lm is None or not llm_arch.tie_embeddings or self.job.layout.language.pipeline_parallel == 1:
+            return
+        pgc = self.pgcs[self.job.layout.language_module]
+        weight = lm.shared_embedding_or_output_weight()
+        if weight is not None and weight.requires_grad:
+            dist.all_reduce(weight.main_grad, group=pgc.embd)
+
+    def save(self) -> None:
+        self.checkpointer.save(
+            self.step,
+            consumed_samples=self.step * self.job.train.global_batch_size,
+            extra={"config_hash": self.job.config_hash()},
+        )
+
+    def resume(self) -> int:
+        meta = self.checkpointer.load_latest()
+        if meta is None:
+            return 0
+        self.metrics.say(f"[mimo-toolkit] resumed from step {meta['step']} ({meta['consumed_samples']} samples consumed)")
+        return int(meta["step"])
+
+
+def _lr_now(job: JobConfig, step: int) -> float:
+    from .optim import lr_at
+
+    return lr_at(step, job.train)

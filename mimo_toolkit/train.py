@@ -1,0 +1,133 @@
+"""The in-job entrypoint: ``python -m mimo_toolkit.train --config RUN_DIR/job.json --run-dir RUN_DIR``.
+
+Launched under torchrun on every node (see ``templates/slurm.sbatch.j2`` and
+``mimo_toolkit.components``). Reads the resolved config that ``render``/``submit`` wrote,
+so the job runs exactly what was rendered; rerunning with the same run directory resumes
+from its latest checkpoint.
+
+Exit codes: 0 completed; 2 bad config; 75 (``EXIT_REQUEUE``) saved after a preemption
+signal; 3 (``EXIT_PEER_FAILED``) another rank failed first; 1 this rank failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+from .run_dir import RunDir
+
+
+class _Tee:
+    """Write a Python stream to the console and this rank's log file."""
+
+    def __init__(self, stream, log) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _setup_rank_logging(run_dir: RunDir, rank: int) -> None:
+    import faulthandler
+
+    run_dir.log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir.rank_log(rank), "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
+    sys.stdout = _Tee(sys.stdout, log)
+    sys.stderr = _Tee(sys.stderr, log)
+    faulthandler.enable(file=log)
+    for pattern in (".*is experimental.*", ".*absl.logging.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _load(config: str):
+    from .resolve import load_manifest
+
+    try:
+        data = json.loads(Path(config).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {config}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config {config}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    return load_manifest(data)
+
+
+def main(config: str, run_dir: str) -> int:
+    """Train the job in ``config``; returns the process exit code."""
+    rank = int(os.environ.get("RANK", "0"))
+    rd = RunDir(run_dir)
+    _setup_rank_logging(rd, rank)
+    try:
+        resolved = _load(config)
+    except UserError as exc:
+        if rank == 0:
+            print(f"mimo-toolkit: error: {exc}", file=sys.stderr)
+        return 2
+    job = resolved.config
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != resolved.world_size:
+        if rank == 0:
+            print(
+                f"mimo-toolkit: error: the layout needs {resolved.world_size} ranks, this job has "
+                f"{world} (nodes x processes per node); the allocation does not fit the layout",
+                file=sys.stderr,
+            )
+        return 2
+
+    if job.cluster.gpus_per_node == 0:
+        # megatron-core wraps a few elementwise functions (quick_gelu, ...) in torch.compile:
+        # ~20 s of compilation per process on CPU for no measurable gain at these sizes.
+        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+    import torch
+
+    from .runtime.distributed import failure_board, init_distributed, install_stop_signals
+    from .runtime.trainer import Trainer
+
+    if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    board = failure_board(rank, world, rd, job.train.timeout_s)
+    board.start()
+    trainer = None
+    try:
+        ctx = init_distributed(job.train.timeout_s, want_gpu=job.cluster.gpus_per_node > 0)
+        install_stop_signals(ctx)
+        trainer = Trainer(job, rd, ctx)
+        code = trainer.train()
+        board.finish()
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        return code
+    except BaseException as exc:  # noqa: BLE001 - every failure must end every rank
+        board.record(exc, trainer.step if trainer else None)
+        import traceback
+
+        traceback.print_exc()
+        board.abort(f"rank {rank} failed")
+        return 1
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mimo_toolkit.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="resolved job config (job.json) written by render/submit")
+    parser.add_argument("--run-dir", required=True, help="run directory (logs, metrics, checkpoints)")
+    args = parser.parse_args(argv)
+    sys.exit(main(args.config, args.run_dir))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,88 @@
+"""Run real multi-process training jobs (torchrun, gloo) from tests and read their metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mimo_toolkit.resolve import resolve_job
+from mimo_toolkit.run_dir import RunDir
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+@dataclass
+class JobRun:
+    run_dir: RunDir
+    returncode: int
+    output: str
+    seconds: float
+
+    @property
+    def metrics(self) -> list[dict]:
+        return self.run_dir.read_metrics()
+
+    @property
+    def losses(self) -> list[float]:
+        return [row["loss"] for row in self.metrics]
+
+
+def write_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), nodes=None) -> tuple[Path, int]:
+    """Resolve a job as the CLI would and write its job.json; returns (path, world size)."""
+    resolved = resolve_job(recipe, preset, sets=list(sets), nodes=nodes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.json"
+    path.write_text(json.dumps(resolved.manifest(), indent=2))
+    return path, resolved.world_size
+
+
+def torchrun_cmd(config: Path, run_dir: Path, nproc: int) -> list[str]:
+    return [*TORCHRUN, "--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", "0.2",
+            "-m", "mimo_toolkit.train", "--config", str(config), "--run-dir", str(run_dir)]
+
+
+def run_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), timeout: float = 300, nodes=None) -> JobRun:
+    """Train to completion (or failure) and return what happened."""
+    config, world = write_job(run_dir, recipe, preset, sets, nodes)
+    start = time.monotonic()
+    proc = subprocess.run(torchrun_cmd(config, run_dir, world), capture_output=True, text=True, timeout=timeout,
+                          env=_env())
+    return JobRun(RunDir(run_dir), proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+
+
+def start_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), nodes=None) -> subprocess.Popen:
+    config, world = write_job(run_dir, recipe, preset, sets, nodes)
+    return subprocess.Popen(torchrun_cmd(config, run_dir, world), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(), start_new_session=True)
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    rd = RunDir(run_dir)
+    while time.monotonic() < deadline:
+        rows = rd.read_metrics() if rd.metrics_file.exists() else []
+        if rows and rows[-1]["step"] >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"job ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        time.sleep(0.1)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
