@@ -98,7 +98,8 @@ def main(config: str, run_dir: str) -> int:
 
     if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        threads = os.environ.get("MIMO_CPU_THREADS") or max(1, (os.cpu_count() or 1) // local)
+        torch.set_num_threads(int(threads))  # the node's cores, shared by its ranks
     board = failure_board(rank, world, rd, job.train.timeout_s)
     board.start()
     trainer = None

@@ -72,10 +72,15 @@ class SyntheticDataset:
     def __len__(self) -> int:
         return self.num_samples
 
+    MIN_TEXT = 8
+
     def _items(self, name: str, index: int) -> int:
-        if isinstance(self.encoders[name], VisionEncoder):
-            return 1 + index % 2
-        return 1
+        """1 or 2 images (alternating) when two fit in the sequence; 1 clip of audio."""
+        if not isinstance(self.encoders[name], VisionEncoder) or index % 2 == 0:
+            return 1
+        placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
+        fits = placeholders + self.encoders[name].tokens_per_sample + self.MIN_TEXT + 2 <= self.seq_length
+        return 2 if fits else 1
 
     def get(self, index: int, modalities: Collection[str]) -> Sample:
         gen = torch.Generator().manual_seed(self.job.train.seed * 1_000_003 + index)

@@ -197,9 +197,7 @@ class FailureBoard:
         except Exception:
             pass
 
-    def first_failure(self) -> dict:
-        """The root cause: the earliest non-communication failure, else a silent rank, else the
-        earliest communication failure."""
+    def _reports(self) -> list[dict]:
         reports = []
         for r in range(self.world):
             try:
@@ -207,24 +205,58 @@ class FailureBoard:
                     reports.append(json.loads(self.store.get(f"{self.prefix}/failure/{r}").decode()))
             except Exception:
                 continue
-        real = sorted((f for f in reports if not f["comm_error"]), key=lambda f: f["time"])
-        if real:
-            return real[0]
-        try:
-            silent = [r for r in self.silent_ranks() if r != self.rank]
-        except Exception:
-            silent = []
-        if silent:
-            return {"rank": silent[0], "error": "stopped responding (the process died or was killed)", "comm_error": False}
-        reports.sort(key=lambda f: f["time"])
+        return sorted(reports, key=lambda f: f["time"])
+
+    def _vanished(self, reported: set[int]) -> list[int]:
+        """Ranks that neither finished, reported a failure, nor aborted because of a peer,
+        and whose heartbeat stopped: they died without a word (e.g. killed)."""
+        now = time.time()
+        out = []
+        for r in range(self.world):
+            if r == self.rank or r in reported or self._has(f"done/{r}") or self._has(f"aborted/{r}"):
+                continue
+            if not self._has(f"hb/{r}"):
+                continue
+            if now - float(self.store.get(f"{self.prefix}/hb/{r}").decode()) > 2.5 * HEARTBEAT_S:
+                out.append(r)
+        return out
+
+    def first_failure(self, wait_s: float = 8.0) -> dict:
+        """The root cause: the earliest real (non-communication) failure, else a rank that
+        vanished (killed), else the earliest communication failure. Waits a few seconds for
+        a vanished rank's heartbeat to go stale."""
+        deadline = time.time() + wait_s
+        reports: list[dict] = []
+        while True:
+            try:
+                reports = self._reports()
+                real = [f for f in reports if not f["comm_error"]]
+                if real:
+                    return real[0]
+                vanished = self._vanished({f["rank"] for f in reports})
+                if vanished:
+                    return {"rank": vanished[0], "error": "the process died without a report (killed or crashed)",
+                            "comm_error": False}
+            except Exception:
+                break
+            if time.time() > deadline:
+                break
+            time.sleep(0.5)
         return reports[0] if reports else {"rank": self.rank, "error": "unknown failure", "comm_error": True}
 
     def abort(self, why: str) -> None:
-        """End this rank now (from any thread); rank 0 reports the first failure first."""
+        """End this rank now (from any thread). Rank 0 (or, if rank 0 is the one that failed,
+        every rank) first reports which rank failed first and why."""
         self._stop.set()
-        if self.rank == 0:
-            time.sleep(1.0)  # let the failing rank's report land
+        try:
+            self.store.set(f"{self.prefix}/aborted/{self.rank}", why)
+        except Exception:
+            pass
+        try:
             first = self.first_failure()
+        except Exception:
+            first = {"rank": self.rank, "error": why}
+        if self.rank == 0 or first["rank"] == 0:
             msg = f"rank {first['rank']} failed first: {first['error']}"
             print(f"[mimo-toolkit] {msg}", file=sys.stderr, flush=True)
             try:

@@ -39,7 +39,8 @@ class StepOutput:
     """Sum of per-token losses over this rank's loss tokens (LLM last stage, TP rank 0)."""
     loss_tokens: int = 0
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    """'<module>/fwd' and '<module>/bwd' seconds spent on this rank."""
+    """'<module>/fwd' and '<module>/bwd' seconds of compute on this rank, and '<module>/wait':
+    seconds its operations spent blocked on data from other ranks."""
 
 
 class Engine:
@@ -71,14 +72,16 @@ class Engine:
         self.texts = self._load_texts(step)
         self.loss_scale = self._global_loss_tokens()
         for op in self.ops:
-            start = time.perf_counter()
+            start, waited = time.perf_counter(), self.p2p.wait_s
             if op.kind == "F":
                 self._forward(op)
             else:
                 self._backward(op)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            self.out.times[f"{op.module}/{'fwd' if op.kind == 'F' else 'bwd'}"] += time.perf_counter() - start
+            wait = self.p2p.wait_s - waited
+            self.out.times[f"{op.module}/{'fwd' if op.kind == 'F' else 'bwd'}"] += time.perf_counter() - start - wait
+            self.out.times[f"{op.module}/wait"] += wait
         self.p2p.wait_sends()
         self.bridge.end_step()
         self.state.clear()

@@ -136,6 +136,7 @@ class Consensus:
     loss: float
     loss_tokens: int
     stop: bool
+    bridge_bytes: dict[str, int]
 
 
 def step_consensus(
@@ -145,20 +146,23 @@ def step_consensus(
     loss_sum: float,
     loss_tokens: int,
     stop: bool,
+    bridge_bytes: tuple[int, int],
     device: torch.device,
 ) -> Consensus:
-    """One all-reduce (SUM over the world) of [loss, tokens, stop, grad_sq per module].
+    """One all-reduce (SUM over the world) of [loss, tokens, stop, bridge bytes sent forward
+    and backward, grad_sq per module].
 
     ``counted[m]`` is True on exactly one data-parallel replica of module ``m`` (so each
     gradient shard is counted once); loss sums come from TP rank 0 of the last LLM stage.
     """
-    vec = torch.zeros(3 + len(module_names), dtype=torch.float64, device=device)
-    vec[0], vec[1], vec[2] = loss_sum, loss_tokens, float(stop)
+    head = 5
+    vec = torch.zeros(head + len(module_names), dtype=torch.float64, device=device)
+    vec[0], vec[1], vec[2], vec[3], vec[4] = loss_sum, loss_tokens, float(stop), *bridge_bytes
     for i, name in enumerate(module_names):
         if name in optimizers and counted.get(name, False):
-            vec[3 + i] = optimizers[name].grad_sq().double()
+            vec[head + i] = optimizers[name].grad_sq().double()
     dist.all_reduce(vec)
-    squares = vec[3:].tolist()
+    squares = vec[head:].tolist()
     total = sum(squares)
     return Consensus(
         grad_norm=math.sqrt(total) if math.isfinite(total) else float("nan"),
@@ -167,6 +171,7 @@ def step_consensus(
         loss=vec[0].item() / max(vec[1].item(), 1.0),
         loss_tokens=int(vec[1].item()),
         stop=vec[2].item() > 0,
+        bridge_bytes={"forward": int(vec[3].item()), "backward": int(vec[4].item())},
     )
 
 

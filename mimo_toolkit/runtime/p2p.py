@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -25,6 +27,8 @@ class P2P:
         self.groups = {name: dist.new_group(ranks=world, backend=backend) for name in CHANNELS}
         self._pending: list[tuple[dist.Work, torch.Tensor]] = []
         self.bytes_sent: Counter[str] = Counter()
+        self.wait_s = 0.0
+        """Seconds spent blocked in receives (not compute); the engine subtracts it."""
 
     def send(self, tensor: torch.Tensor, dst: int, channel: str, tag: int) -> None:
         if tensor.numel() == 0:
@@ -40,7 +44,9 @@ class P2P:
         if out.numel() == 0:
             return out
         group = self.groups[channel]
+        start = time.perf_counter()
         dist.irecv(out, src=src, group=group, tag=tag).wait()
+        self.wait_s += time.perf_counter() - start
         return out
 
     def wait_sends(self) -> None:

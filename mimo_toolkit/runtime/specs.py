@@ -211,7 +211,7 @@ def projector_spec(arch: VisionEncoder | AudioEncoder, llm: LanguageModel, par: 
         num_layers=1,
         hidden_size=llm.hidden_size,
         ffn_hidden_size=arch.projector_ffn_hidden_size or llm.hidden_size,
-        num_attention_heads=1,  # required by TransformerConfig; the MLP does not use it
+        num_attention_heads=par.tensor_parallel,  # required by TransformerConfig (a multiple of TP); unused by the MLP
         activation_func=F.gelu,
         add_bias_linear=True,
         tensor_model_parallel_size=par.tensor_parallel,

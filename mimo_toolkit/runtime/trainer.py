@@ -84,7 +84,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, layout, self.parts, self.optimizers, job.train.keep_checkpoints)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
         self.module_names = list(layout.module_parallelisms)
-        self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd")]
+        self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd", "wait")]
         self.counted = {
             name: layout.module_parallelisms[name].coordinates(self.rank) is not None
             and layout.module_parallelisms[name].coordinates(self.rank)["dp"] == 0
@@ -126,7 +126,8 @@ class Trainer:
         self._sync_tied_embeddings()
         consensus = step_consensus(
             self.optimizers, self.module_names, self.counted, out.loss_sum, out.loss_tokens,
-            self.ctx.stop_requested.is_set(), self.ctx.device,
+            self.ctx.stop_requested.is_set(),
+            (self.bridge.stats.forward_bytes, self.bridge.stats.backward_bytes), self.ctx.device,
         )
         lr = None
         if consensus.finite:
@@ -149,7 +150,7 @@ class Trainer:
             "tokens_per_s": tokens / step_time,
             "loss_tokens": consensus.loss_tokens,
             "module_time_s": times,
-            "bridge_bytes": {"forward": self.bridge.stats.forward_bytes, "backward": self.bridge.stats.backward_bytes},
+            "bridge_bytes": consensus.bridge_bytes,
             "skipped": not consensus.finite,
         }
         return row, consensus.stop

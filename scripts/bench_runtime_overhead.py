@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Runtime overhead: the toolkit's training step vs a minimal hand-written megatron-core loop.
+
+Both train the same modules (the recipe's vision encoder + projector and GPT model, built from
+the same megatron-core specs) on the same batches, in one process on CPU, alternating step by
+step so that machine noise hits both equally. The plain loop is what a user would write
+without the toolkit: encoder forward, MimoModel-style alignment at the placeholders, GPT
+forward, cross-entropy, backward, gradient clipping, AdamW. The toolkit step adds its
+provider, schedule, bridge, data-parallel buffers, the cross-module consensus and metrics.
+
+    python scripts/bench_runtime_overhead.py                # llava tiny, scaled up a little
+    python scripts/bench_runtime_overhead.py --steps 40 --set model.llm.num_layers=4
+
+Prints the median step time of each and their ratio (target <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+os.environ.setdefault("MASTER_PORT", "29517")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mimo_toolkit.resolve import resolve_job  # noqa: E402
+from mimo_toolkit.run_dir import RunDir  # noqa: E402
+from mimo_toolkit.runtime.data import BatchGeometry, ReplicaData, build_dataset  # noqa: E402
+from mimo_toolkit.runtime.distributed import init_distributed  # noqa: E402
+from mimo_toolkit.runtime.provider import MimoModelProvider  # noqa: E402
+from mimo_toolkit.runtime.specs import ENCODER_KEY  # noqa: E402
+from mimo_toolkit.runtime.trainer import Trainer  # noqa: E402
+
+DEFAULT_SETS = [
+    "layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1", "cluster.procs_per_node=1",
+    "model.llm.hidden_size=256", "model.llm.ffn_hidden_size=1024", "model.llm.num_layers=4",
+    "model.vision.hidden_size=128", "model.vision.ffn_hidden_size=512", "model.vision.num_layers=4",
+    "train.seq_length=128", "train.micro_batch_size=4", "train.global_batch_size=16",
+]
+
+
+class PlainLoop:
+    """What you would write by hand on megatron-core: no provider, schedule or bridge."""
+
+    def __init__(self, job, model) -> None:
+        self.job = job
+        self.model = model  # the same megatron-core modules, built by the provider on 1 rank
+        self.vision = model.modality_submodules["vision"]
+        self.gpt = model.language_model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=job.train.lr, betas=(job.train.adam_beta1, job.train.adam_beta2))
+        self.data = ReplicaData(build_dataset(job), job, {"vision": 0, "llm": 0})
+        self.special = job.layout.special_token_ids
+        self.vocab = job.language_model.vocab_size
+
+    def step(self, step: int) -> None:
+        geometry = self.data.geometry
+        texts = [self.data.text(step, mb) for mb in range(geometry.num_microbatches)]
+        tokens = sum(t.num_loss_tokens for t in texts)
+        for mb, text in enumerate(texts):
+            media = self.data.media("vision", step, mb)
+            emb = self.vision(encoder_inputs={ENCODER_KEY["vision"]: {"x": media.items}})
+            text_emb = self.model.get_text_embeddings(text.input_ids, None, self.special)
+            combined = self.model.align_embeddings_by_token_positions(
+                {"vision": emb, "text": text_emb}, text.input_ids, self.special
+            )
+            logits = self.gpt(input_ids=None, position_ids=None, attention_mask=None, decoder_input=combined)
+            logits = logits[..., : self.vocab].float()
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab), text.labels.reshape(-1), reduction="none")
+            (loss.mul(text.loss_mask.reshape(-1)).sum() / tokens).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.job.train.clip_grad)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="llava")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], help="extra overrides (KEY=VALUE)")
+    args = parser.parse_args()
+    total = args.warmup + args.steps
+    resolved = resolve_job(args.recipe, "tiny", sets=[*DEFAULT_SETS, f"train.steps={total}", *args.set])
+    job = resolved.config
+    torch.set_num_threads(os.cpu_count() or 1)
+    ctx = init_distributed(60, want_gpu=False)
+    run_dir = RunDir(tempfile.mkdtemp(prefix="bench-runtime-"))
+    trainer = Trainer(job, run_dir, ctx)
+    plain = PlainLoop(job, MimoModelProvider.from_job(job).provide())
+    toolkit_times, plain_times = [], []
+    for step in range(total):
+        start = time.perf_counter()
+        trainer.train_step(step)
+        toolkit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        plain.step(step)
+        plain_s = time.perf_counter() - start
+        if step >= args.warmup:
+            toolkit_times.append(toolkit_s)
+            plain_times.append(plain_s)
+    t, p = statistics.median(toolkit_times), statistics.median(plain_times)
+    geometry = BatchGeometry.of(job)
+    print(f"model: {args.recipe} tiny + {' '.join(args.set) or 'defaults'}; {geometry.num_microbatches} micro-batches of "
+          f"{job.train.micro_batch_size} x {job.train.seq_length} tokens per step; {torch.get_num_threads()} threads")
+    print(f"toolkit step: median {t * 1000:.1f} ms over {len(toolkit_times)} steps")
+    print(f"plain megatron-core loop: median {p * 1000:.1f} ms over {len(plain_times)} steps")
+    print(f"ratio toolkit / plain = {t / p:.3f} (target <= 1.05)")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

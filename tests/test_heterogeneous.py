@@ -1,0 +1,136 @@
+"""Heterogeneous deployment: encoders and the LLM on disjoint ranks (real torchrun jobs, gloo).
+
+Each layout must reproduce the homogeneous run's losses: the bridge's DP fan-in/fan-out, the
+TP leader/broadcast, the pipelined schedule and the gradient path back must all be exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from dist_support import kill_group, run_job, start_job, wait_for_step
+from test_runtime import HOMOGENEOUS_TP1, assert_same_losses
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["train.steps=6"]
+
+
+def hetero(procs: int, **modules: str) -> list[str]:
+    """Overrides for a heterogeneous layout: module=tp,pp,dp,offset."""
+    sets = [f"cluster.procs_per_node={procs}", "layout.mode=heterogeneous"]
+    for name, spec in modules.items():
+        tp, pp, dp, offset = spec.split(",")
+        sets += [f"layout.{name}.tp={tp}", f"layout.{name}.pp={pp}", f"layout.{name}.dp={dp}", f"layout.{name}.rank_offset={offset}"]
+    return sets
+
+
+@pytest.fixture(scope="module")
+def llava_ref(tmp_path_factory):
+    run = run_job(tmp_path_factory.mktemp("llava-ref"), "llava", sets=[*STEPS, *HOMOGENEOUS_TP1])
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+def test_vision_rank0_llm_rank1(tmp_path, llava_ref):
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, llava_ref.losses)
+    assert all(row["bridge_bytes"]["backward"] > 0 for row in run.metrics)
+
+
+def test_vision_dp2_llm_tp2_on_four_ranks(tmp_path, llava_ref):
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(4, vision="1,1,2,0", llm="2,1,1,2")])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, llava_ref.losses)
+
+
+def test_fan_out_vision_dp1_llm_dp2(tmp_path, llava_ref):
+    """One encoder replica feeds two LLM replicas (and gets both gradients back)."""
+    run = run_job(tmp_path, "llava", sets=[*STEPS, "train.micro_batch_size=1", *hetero(3, vision="1,1,1,0", llm="1,1,2,1")])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, llava_ref.losses)
+
+
+@pytest.mark.parametrize("mode", ["heterogeneous", "colocated"])
+def test_llm_pp2_matches_pp1(tmp_path, llava_ref, mode):
+    if mode == "heterogeneous":
+        sets = hetero(3, vision="1,1,1,0", llm="1,2,1,1")
+    else:
+        sets = ["layout.llm.tp=1", "layout.llm.pp=2"]
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *sets])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, llava_ref.losses)
+
+
+def test_multi_encoder_each_module_on_its_own_ranks(tmp_path_factory):
+    ref = run_job(tmp_path_factory.mktemp("me-ref"), "multi_encoder", sets=[*STEPS, "layout.mode=homogeneous", "layout.llm.tp=1"])
+    assert ref.returncode == 0, ref.output[-3000:]
+    run = run_job(
+        tmp_path_factory.mktemp("me-het"),
+        "multi_encoder",
+        sets=[*STEPS, *hetero(3, vision="1,1,1,0", audio="1,1,1,1", llm="1,1,1,2")],
+    )
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, ref.losses)
+    losses = ref.losses
+    assert losses[-1] < losses[0]
+
+
+def test_frozen_encoder_sends_no_gradient_bytes(tmp_path):
+    run = run_job(
+        tmp_path,
+        "llava",
+        sets=[*STEPS, "freeze.vision=true", "freeze.vision_projector=true", *hetero(2, vision="1,1,1,0", llm="1,1,1,1")],
+    )
+    assert run.returncode == 0, run.output[-3000:]
+    rows = run.metrics
+    assert all(row["bridge_bytes"]["backward"] == 0 for row in rows)
+    assert all(row["bridge_bytes"]["forward"] > 0 for row in rows)
+
+
+def _worker_pid(rank: int) -> int:
+    for pid in subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def test_killed_rank_ends_every_rank_and_is_named(tmp_path):
+    proc = start_job(tmp_path, "llava", sets=["train.steps=500", *hetero(3, vision="1,1,1,0", llm="1,2,1,1")])
+    try:
+        wait_for_step(tmp_path, 3, proc)
+        os.kill(_worker_pid(1), signal.SIGKILL)
+        start = time.monotonic()
+        output, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        kill_group(proc)
+    assert proc.returncode != 0
+    assert elapsed < 60
+    assert "rank 1 failed first" in output, output[-3000:]
+    status = json.loads((tmp_path / "exit_status.json").read_text())
+    assert status["reason"] == "failed" and status["first_failed_rank"] == 1
+
+
+def test_heterogeneous_resume_equals_uninterrupted(tmp_path, llava_ref):
+    sets = [*STEPS, "train.save_interval=0", *hetero(2, vision="1,1,1,0", llm="1,1,1,1")]
+    proc = start_job(tmp_path, "llava", sets=sets)
+    wait_for_step(tmp_path, 3, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert json.loads((tmp_path / "exit_status.json").read_text())["reason"] == "preempted", output[-3000:]
+    resumed = run_job(tmp_path, "llava", sets=sets)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert [r["step"] for r in resumed.metrics] == list(range(1, 7))
+    assert_same_losses(resumed.losses, llava_ref.losses, tol=1e-6)

@@ -1,0 +1,139 @@
+"""The in-job runtime on CPU: real torchrun jobs over gloo (colocated and homogeneous layouts).
+
+Every comparison runs the same recipe, seed and data under two layouts and asserts equal
+losses; weights are initialised layout-independently, so any difference is a bug in how the
+layouts split the work (process groups, bridge, gradient reduction, loss normalisation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dist_support import run_job, start_job, wait_for_step
+
+pytestmark = pytest.mark.slow
+
+HOMOGENEOUS_TP1 = ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1"]
+
+
+def assert_same_losses(a, b, tol=1e-4):
+    assert len(a) == len(b) and a, (a, b)
+    worst = max(abs(x - y) for x, y in zip(a, b))
+    assert worst <= tol, f"losses differ by {worst}: {a} vs {b}"
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """Homogeneous TP1 run of llava tiny, 10 steps (the layout every other one must match)."""
+    run = run_job(tmp_path_factory.mktemp("ref"), "llava", sets=["train.steps=10", *HOMOGENEOUS_TP1])
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+def test_llm_tp2_matches_tp1(tmp_path, reference):
+    run = run_job(tmp_path, "llava", sets=["train.steps=10", "layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2"])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, reference.losses)
+
+
+def test_colocated_matches_homogeneous(tmp_path, reference):
+    """llava tiny's own layout: LLM TP2 DP1 and vision TP1 DP2 on the same 2 ranks."""
+    run = run_job(tmp_path, "llava", sets=["train.steps=10"])
+    assert run.returncode == 0, run.output[-3000:]
+    assert_same_losses(run.losses, reference.losses)
+    assert all(row["bridge_bytes"]["forward"] > 0 for row in run.metrics)
+
+
+def test_frozen_parameters_are_bit_identical(tmp_path):
+    """Frozen vision encoder: identical to its initial weights after training; its projector
+    and the LLM change."""
+    run = run_job(tmp_path, "llava", sets=["train.steps=4", "freeze.vision=true", *HOMOGENEOUS_TP1])
+    assert run.returncode == 0, run.output[-3000:]
+    final = torch.load(tmp_path / "checkpoints/step-00000004/model/vision/tp00-pp00.pt", weights_only=False)["model"]
+    initial = _initial_weights(tmp_path, "vision")
+    tensors = [k for k, v in initial.items() if isinstance(v, torch.Tensor)]
+    frozen = [k for k in tensors if k.startswith("encoders.")]
+    trained = [k for k in tensors if k.startswith("input_projections.")]
+    assert frozen and trained
+    for key in frozen:
+        assert torch.equal(final[key], initial[key]), key
+    assert all(not torch.equal(final[k], initial[k]) for k in trained if k.endswith("weight"))
+    llm_final = torch.load(tmp_path / "checkpoints/step-00000004/model/llm/tp00-pp00.pt", weights_only=False)["model"]
+    llm_initial = _initial_weights(tmp_path, "llm")
+    llm_tensors = [k for k, v in llm_initial.items() if isinstance(v, torch.Tensor)]
+    changed = [k for k in llm_tensors if not torch.equal(llm_final[k], llm_initial[k])]
+    assert len(changed) > len(llm_tensors) // 2
+
+
+def _initial_weights(tmp_path, module: str) -> dict:
+    """The provider's initial weights of ``module`` on a 1-rank gloo group (layout-independent)."""
+    out = tmp_path / f"init-{module}.pt"
+    script = textwrap.dedent(f"""
+        import os, json, torch, torch.distributed as dist
+        os.environ["TORCH_COMPILE_DISABLE"] = "1"
+        dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
+        from mimo_toolkit.resolve import load_manifest
+        from mimo_toolkit.runtime.provider import MimoModelProvider, _module_parts
+        job = load_manifest(json.load(open("{tmp_path}/job.json"))).config
+        job.layout.deployment_mode = "homogeneous"
+        for m in job.layout.module_parallelisms.values():
+            m.tensor_parallel = m.data_parallel = 1
+        provider = MimoModelProvider.from_job(job)
+        model = provider.provide()
+        torch.save(_module_parts(model, "llm")["{module}"].state_dict(), "{out}")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    return torch.load(out, weights_only=False)
+
+
+def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, reference):
+    """SIGTERM mid-run: the step finishes, a checkpoint is written, exit_status says
+    preempted; rerunning in the same run directory continues exactly like the
+    uninterrupted run."""
+    sets = ["train.steps=10", "train.save_interval=0", *HOMOGENEOUS_TP1]
+    proc = start_job(tmp_path, "llava", sets=sets)
+    wait_for_step(tmp_path, 5, proc)
+    os.kill(proc.pid, signal.SIGTERM)  # torchrun forwards it to every worker
+    output, _ = proc.communicate(timeout=60)
+    status = json.loads((tmp_path / "exit_status.json").read_text())
+    assert status["reason"] == "preempted", output[-3000:]
+    saved = (tmp_path / "checkpoints/latest").read_text().strip()
+    assert saved == f"step-{status['step']:08d}" and status["step"] >= 5
+    assert "exiting for requeue" in output
+
+    resumed = run_job(tmp_path, "llava", sets=sets)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert f"resumed from step {status['step']}" in resumed.output
+    assert [r["step"] for r in resumed.metrics] == list(range(1, 11))
+    assert_same_losses(resumed.losses, reference.losses, tol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["llava", "multi_encoder"])
+def test_tiny_preset_learns(tmp_path, recipe):
+    """The tiny presets as shipped: 50 steps on 2 CPU processes, the loss falls."""
+    run = run_job(tmp_path, recipe)
+    assert run.returncode == 0, run.output[-3000:]
+    losses = run.losses
+    assert len(losses) == 50
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    assert json.loads((tmp_path / "exit_status.json").read_text())["reason"] == "completed"
+
+
+def test_world_size_mismatch_fails_fast_on_every_rank(tmp_path):
+    """A job whose layout does not fit the processes it got fails in seconds, never trains."""
+    from dist_support import torchrun_cmd, write_job
+
+    config, _ = write_job(tmp_path, "llava", sets=["train.steps=5"])
+    proc = subprocess.run(torchrun_cmd(config, tmp_path, 3), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "the layout needs 2 ranks, this job has 3" in proc.stdout + proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
