@@ -25,6 +25,11 @@ COMMANDS = {
     "submit": "mimo_toolkit.cli.submit:submit",
     "train": "mimo_toolkit.cli.train:train",
     "plan": "mimo_toolkit.cli.plan:plan",
+    "eval": "mimo_toolkit.cli.eval:eval_command",
+    "list": "mimo_toolkit.cli.jobs:list_jobs",
+    "status": "mimo_toolkit.cli.jobs:status",
+    "logs": "mimo_toolkit.cli.jobs:logs",
+    "cancel": "mimo_toolkit.cli.jobs:cancel",
 }
 
 
