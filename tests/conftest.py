@@ -6,10 +6,12 @@ Test modules that need the local Slurm cluster import the ``slurm_cluster`` fixt
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Tests must never pick up a user's recipe path.
+# Tests must never pick up a user's recipe path, nor write to the user's job registry.
 os.environ.pop("MIMO_TOOLKIT_RECIPE_PATH", None)
+os.environ["MIMO_TOOLKIT_HOME"] = tempfile.mkdtemp(prefix="mimo-home-")

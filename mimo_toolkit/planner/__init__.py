@@ -1,1 +1,15 @@
-"""Layout planner (pure Python)."""
+"""The layout planner: chooses each module's GPUs and TP/CP/PP/DP from a cost and memory model.
+
+Pure Python (no torch, no megatron), one module per concern, in the order data flows:
+
+* ``params`` / ``flops``: parameter counts and forward FLOPs from the architecture dataclasses;
+* ``workload``: a job turned into per-module work (freezing -> work multipliers), batch, precision;
+* ``hardware`` / ``calibration``: the machine (published peaks x assumed efficiencies, or a
+  measured calibration profile) and collective times;
+* ``memory`` / ``cost``: bytes per GPU and seconds per step of a layout;
+* ``rules``: cheap validity tests for pruning, then the project's own validation;
+* ``search`` / ``candidate``: the layouts searched and the ones kept;
+* ``plan`` / ``report`` / ``apply``: the ``mimo-toolkit plan`` command as library calls.
+
+See docs/planner.md for the formulas, the search and calibration.
+"""

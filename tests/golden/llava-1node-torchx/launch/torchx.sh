@@ -1,0 +1,26 @@
+#!/bin/bash
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 7658fc140173
+# overrides: []
+# world size 8 = 1 node(s) x 8 process(es) per node
+#
+# Submits the run through TorchX's slurm scheduler with the mimo.train component
+# (torchrun on every node -> python -m mimo_toolkit.train). Scheduler options are read from
+# the .torchxconfig beside this file. TorchX 0.7's slurm scheduler has no preemption signal
+# (a failed job is requeued up to --max_retries times and resumes from its latest
+# checkpoint) and writes its slurm-<job id>-*.out logs into the directory you run this from.
+set -euo pipefail
+
+export TORCHXCONFIG=/scratch/runs/golden/launch/.torchxconfig
+# sbatch reads these; TorchX 0.7 has no options for them.
+export SBATCH_EXCLUSIVE=exclusive
+
+exec torchx run -s slurm mimo.train \
+    --config=/scratch/runs/golden/job.json \
+    --run_dir=/scratch/runs/golden \
+    --nnodes=1 \
+    --nproc_per_node=8 \
+    --gpus_per_node=8 \
+    --name=llava-1node \
+    --python=python3 \
+    --max_retries=3 \
+    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3

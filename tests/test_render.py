@@ -1,0 +1,417 @@
+"""Rendering: golden files, bash syntax, the Slurm script's behaviour under a fake Slurm,
+the TorchX files read back by TorchX itself, and template overrides.
+
+Regenerate the golden files after an intended change with
+``MIMO_REGEN_GOLDEN=1 pytest tests/test_render.py`` and review the diff.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mimo_toolkit import components, render
+from mimo_toolkit.errors import UserError
+from mimo_toolkit.launch import SBATCH_SCRIPT, TORCHX_CONFIG, TORCHX_SCRIPT, render_job, torchx_context, write_job
+from mimo_toolkit.resolve import load_manifest, resolve_job
+from mimo_toolkit.run_dir import RunDir
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_RUN_DIR = "/scratch/runs/golden"
+REPO = Path(__file__).resolve().parents[1]
+MATRIX = [(r, p, s) for r in ("llava", "multi_encoder") for p in ("tiny", "1node", "4node") for s in ("slurm", "torchx")]
+
+# ---- helpers (test_quoting.py uses them too) ------------------------------------------
+
+FAKE_SRUN = r"""#!/bin/bash
+# Records its argv and environment; then exits, or behaves like ranks being preempted.
+printf '%s\0' "$@" > "$FAKE_OUT/srun.argv"
+env -0 > "$FAKE_OUT/srun.env"
+for ((i = 1; i < $#; i++)); do [[ ${!i} == --run-dir ]] && { j=$((i + 1)); RUN=${!j}; }; done
+touch "$FAKE_OUT/srun.started"
+if [[ ${FAKE_SRUN:-0} == preempt ]]; then
+  trap 'printf "{\n  \"reason\": \"preempted\"\n}\n" > "$RUN/exit_status.json"; exit 75' USR2 TERM
+  for _ in $(seq 500); do sleep 0.02; done  # a test that never signals still ends
+fi
+exit "${FAKE_SRUN:-0}"
+"""
+
+FAKE_SCONTROL = r"""#!/bin/bash
+case "$1 $2" in
+  "show hostnames") printf 'node1\nnode2\n' ;;
+  "show node") printf 'NodeName=%s Arch=x86_64\n   NodeAddr=10.1.2.3 NodeHostName=h Version=22.05\n' "$3" ;;
+  "show job") printf 'JobId=%s JobName=x\n   JobState=%s Reason=None\n' "$3" "${FAKE_JOB_STATE:-RUNNING}" ;;
+  requeue*) echo "$2" >> "$FAKE_OUT/requeued" ;;
+esac
+"""
+
+
+def fake_bin(tmp: Path, **scripts: str) -> Path:
+    """A directory of executables named after the keyword arguments."""
+    bindir = tmp / "fakebin"
+    bindir.mkdir(exist_ok=True)
+    for name, text in scripts.items():
+        path = bindir / name
+        path.write_text(text)
+        path.chmod(0o755)
+    return bindir
+
+
+def slurm_env(tmp: Path, nodes: int, **extra: str) -> dict:
+    bindir = fake_bin(tmp, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL)
+    out = tmp / "out"
+    out.mkdir(exist_ok=True)
+    return {
+        "PATH": f"{bindir}:/usr/bin:/bin",
+        "HOME": str(tmp),
+        "FAKE_OUT": str(out),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        **extra,
+    }
+
+
+def read_nul(path: Path) -> list[str]:
+    return path.read_bytes().decode().split("\0")[:-1]
+
+
+def read_env(path: Path) -> dict:
+    return dict(item.split("=", 1) for item in read_nul(path))
+
+
+def bash_syntax_ok(path: Path) -> None:
+    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def env_block(script: str) -> str:
+    """The export lines between the template's environment markers."""
+    start = script.index("# >>> environment")
+    return script[start : script.index("# <<< environment", start)]
+
+
+def sbatch_directives(script: str) -> list[str]:
+    """The arguments sbatch reads from the #SBATCH lines (Slurm's own parsing rules:
+    quotes group, backslash escapes, an unescaped # ends the line; parsing stops at the
+    first line that is not a comment)."""
+    args = []
+    for line in script.split("\n")[1:]:  # Slurm splits lines on \n only, and words on ASCII space
+        if not line.startswith("#"):
+            break
+        if not line.startswith("#SBATCH"):
+            continue
+        word, quote, escaped = "", "", False
+        for c in line[len("#SBATCH") :]:
+            if escaped:
+                word, escaped = word + c, False
+            elif c == "\\":
+                escaped = True
+            elif quote:
+                if c == quote:
+                    quote = ""
+                else:
+                    word += c
+            elif c in "\"'":
+                quote = c
+            elif c == "#":
+                break
+            elif c in " \t\v\f\r":
+                if word:
+                    args.append(word)
+                word = ""
+            else:
+                word += c
+        if word:
+            args.append(word)
+    return args
+
+
+def render_files(recipe, preset, scheduler, run_dir=GOLDEN_RUN_DIR, **kw):
+    return render_job(resolve_job(recipe, preset, **kw), scheduler, run_dir)
+
+
+# ---- golden files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe, preset, scheduler", MATRIX)
+def test_golden(recipe, preset, scheduler):
+    files = render_files(recipe, preset, scheduler)
+    folder = GOLDEN / f"{recipe}-{preset}-{scheduler}"
+    if os.environ.get("MIMO_REGEN_GOLDEN"):
+        shutil.rmtree(folder, ignore_errors=True)
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(text.encode())
+    on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert on_disk == sorted(files), "golden files differ in names; regenerate with MIMO_REGEN_GOLDEN=1"
+    for rel, text in files.items():
+        assert text.encode() == (folder / rel).read_bytes(), f"{folder / rel} differs"
+
+
+@pytest.mark.parametrize("recipe, preset, scheduler", MATRIX)
+def test_rendered_scripts_parse(recipe, preset, scheduler, tmp_path):
+    files = render_files(recipe, preset, scheduler, run_dir=tmp_path)
+    for rel, text in files.items():
+        if rel.endswith((".sh", ".sbatch")):
+            (tmp_path / "s").write_text(text)
+            bash_syntax_ok(tmp_path / "s")
+    resolved = load_manifest(__import__("json").loads(files["job.json"]))
+    assert resolved.config.config_hash() == resolve_job(recipe, preset).config.config_hash()
+
+
+def test_sbatch_directives_sized_to_the_job():
+    sets = ["cluster.partition=gpu batch", "cluster.qos=high", "train.global_batch_size=2016"]
+    files = render_files("multi_encoder", "4node", "slurm", nodes=8, sets=sets)
+    args = sbatch_directives(files[SBATCH_SCRIPT])
+    assert "--nodes=8" in args and "--gpus-per-node=8" in args and "--ntasks-per-node=1" in args
+    assert "--partition=gpu batch" in args and "--qos=high" in args and "--exclusive" in args
+    assert "--signal=B:USR2@300" in args and "--requeue" in args and "--open-mode=append" in args
+    assert f"--output={GOLDEN_RUN_DIR}/logs/%x-%j.out" in args
+    assert not any(a.startswith(("--account", "--gpus-per-node=0", "--dependency")) for a in args)
+    cpu = sbatch_directives(render_files("llava", "tiny", "slurm")[SBATCH_SCRIPT])
+    assert not any(a.startswith("--gpus") for a in cpu) and "--signal=B:USR2@60" in cpu
+
+
+# ---- the Slurm script under a fake Slurm -------------------------------------------------
+
+
+def run_sbatch_script(tmp_path, sets=(), nodes=4, background=False, resolved=None, run_dir=None, **env):
+    """Write the job (llava/4node with ``sets`` unless ``resolved``) and run its script
+    under the fake Slurm; returns (exit code, output, run dir) or, in the background,
+    (process, run dir)."""
+    run_dir = run_dir or tmp_path / "run"
+    write_job(resolved or resolve_job("llava", "4node", sets=list(sets)), "slurm", run_dir)
+    cmd = ["bash", str(run_dir / SBATCH_SCRIPT)]
+    proc = subprocess.Popen(
+        cmd, env=slurm_env(tmp_path, nodes, **env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,  # its own process group: finish() can end strays
+    )  # fmt: skip
+    if background:
+        return proc, run_dir
+    return (*finish(proc), run_dir)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    """Wait for the script, then end anything it left running (a fake srun, tee)."""
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, out
+
+
+def attempt_log(run_dir: Path, expect: str, restart: int = 0) -> str:
+    """The attempt's tee'd log once it shows ``expect`` (tee may flush after the script exits)."""
+    path = run_dir / "logs" / f"slurm-4242-{restart}.out"
+    text = ""
+    for _ in range(250):
+        text = path.read_text() if path.exists() else ""
+        if expect in text:
+            break
+        time.sleep(0.02)
+    return text
+
+
+def test_script_launches_one_torchrun_per_node(tmp_path):
+    code, out, run_dir = run_sbatch_script(tmp_path, sets=["cluster.container_image=/img/x.sqsh", "cluster.container_mounts=/data:/data"])
+    assert code == 0, out
+    argv = read_nul(tmp_path / "out" / "srun.argv")
+    assert argv[:3] == ["--kill-on-bad-exit=1", "--wait=60", "--ntasks-per-node=1"]
+    assert argv[3:7] == ["--container-image=/img/x.sqsh", "--container-mounts=/data:/data", "--no-container-mount-home", "python3"]
+    assert "--rdzv-endpoint=10.1.2.3:19242" in argv and "--rdzv-id=4242" in argv and "--nnodes=4" in argv
+    assert "--nproc-per-node=8" in argv and "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2" in argv
+    tail = argv[len(argv) - 6 :]
+    assert tail == ["-m", "mimo_toolkit.train", "--config", str(run_dir / "job.json"), "--run-dir", str(run_dir)]
+    env = read_env(tmp_path / "out" / "srun.env")
+    assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "[rank${rank}] "
+    assert "srun exited with status 0" in attempt_log(run_dir, "srun exited")
+    assert not (tmp_path / "out" / "requeued").exists()
+
+
+def wait_started(tmp_path: Path) -> None:
+    """Until the fake srun runs (the trap is set before srun starts)."""
+    for _ in range(500):
+        if (tmp_path / "out" / "srun.started").exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError("srun never started")
+
+
+@pytest.mark.parametrize(
+    "sig, env, code, requeued, restart, expect",
+    [
+        # the --signal=B:USR2 warning: the ranks save, the job is requeued
+        (signal.SIGUSR2, {}, 0, True, 0, "requeueing (restart 1 of 3)"),
+        # scancel: SIGTERM while Slurm ends the job (22.05 would requeue a COMPLETING job)
+        (signal.SIGTERM, {"FAKE_JOB_STATE": "COMPLETING"}, 75, False, 0, "Slurm is ending the job (COMPLETING); not requeueing"),
+        # cluster.max_restarts reached
+        (signal.SIGTERM, {"SLURM_RESTART_COUNT": "3"}, 75, False, 3, "cluster.max_restarts=3 reached"),
+    ],
+)  # fmt: skip
+def test_script_preemption(sig, env, code, requeued, restart, expect, tmp_path):
+    proc, run_dir = run_sbatch_script(tmp_path, background=True, FAKE_SRUN="preempt", **env)
+    wait_started(tmp_path)
+    proc.send_signal(sig)
+    status, out = finish(proc)
+    assert status == code, out
+    assert (tmp_path / "out" / "requeued").exists() == requeued
+    if requeued:
+        assert (tmp_path / "out" / "requeued").read_text() == "4242\n"
+    log = attempt_log(run_dir, expect, restart=restart)
+    assert f"received SIG{sig.name[3:]}; forwarding it" in log and expect in log
+
+
+def test_script_exits_with_sruns_status_and_does_not_requeue_failures(tmp_path):
+    code, out, run_dir = run_sbatch_script(tmp_path, FAKE_SRUN="3")
+    assert code == 3
+    assert not (tmp_path / "out" / "requeued").exists()
+    assert "srun exited with status 3" in attempt_log(run_dir, "srun exited")
+
+
+def test_script_refuses_a_different_node_count(tmp_path):
+    code, out, _ = run_sbatch_script(tmp_path, nodes=3)
+    assert code == 2 and "rendered for 4 node(s) but the job has 3" in out
+    assert not (tmp_path / "out" / "srun.argv").exists()
+
+
+# ---- TorchX ------------------------------------------------------------------------------
+
+
+def run_torchx_script(tmp_path, resolved, fake_torchx=None, run_dir=None):
+    """Write the job and run torchx.sh with a torchx that records its argv and environment."""
+    run_dir = run_dir or tmp_path / "run"
+    write_job(resolved, "torchx", run_dir)
+    recorder = '#!/bin/bash\nprintf "%s\\0" "$@" > "$FAKE_OUT/torchx.argv"\nenv -0 > "$FAKE_OUT/torchx.env"\n'
+    bindir = fake_bin(tmp_path, torchx=fake_torchx or recorder)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "FAKE_OUT": str(tmp_path / "out"), "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", str(run_dir / TORCHX_SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    return proc, run_dir
+
+
+def test_torchx_script_runs_the_component_sized_to_the_job(tmp_path):
+    from torchx.runner.config import load
+    from torchx.specs.builders import materialize_appdef
+
+    resolved = resolve_job("llava", "4node", nodes=8, env=["NCCL_DEBUG=INFO"], sets=[
+        "train.global_batch_size=2016", "cluster.partition=batch", "cluster.account=acct", "cluster.cpus_per_task=32",
+        "cluster.mem=500G", "cluster.max_restarts=2",
+    ])  # fmt: skip
+    proc, run_dir = run_torchx_script(tmp_path, resolved)
+    assert proc.returncode == 0, proc.stderr
+    argv = read_nul(tmp_path / "out" / "torchx.argv")
+    assert argv[:4] == ["run", "-s", "slurm", "mimo.train"]
+    app = materialize_appdef(components.train, argv[4:])  # TorchX's own parsing of the arguments
+    role = app.roles[0]
+    assert role.num_replicas == 8 and role.resource.gpu == 8 and role.resource.cpu == 32
+    assert role.resource.memMB == 500 * 1024 and role.max_retries == 2
+    assert role.env["NCCL_DEBUG"] == "INFO" and role.env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    assert f"--config {run_dir}/job.json --run-dir {run_dir}" in role.args[1]
+    assert "--nnodes=8 --nproc-per-node=8" in role.args[1]
+    env = read_env(tmp_path / "out" / "torchx.env")
+    assert env["SBATCH_ACCOUNT"] == "acct" and env["SBATCH_EXCLUSIVE"] == "exclusive"
+    cfg: dict = {}
+    with open(env["TORCHXCONFIG"]) as f:
+        load("slurm", f, cfg)
+    assert cfg["partition"] == "batch" and cfg["time"] == "04:00:00"
+    assert cfg["comment"] == f"mimo-toolkit llava/4node config {resolved.config.config_hash()}"
+
+
+def test_torchx_dryrun_prints_a_sane_sbatch(tmp_path):
+    real = Path(sys.executable).parent / "torchx"
+    wrapper = f'#!/bin/bash\nexec {real} "$1" --dryrun "${{@:2}}"\n'  # run -> run --dryrun
+    resolved = resolve_job("multi_encoder", "4node", sets=["cluster.partition=batch"])
+    proc, run_dir = run_torchx_script(tmp_path, resolved, fake_torchx=wrapper)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert out.count("#SBATCH --job-name=multi_encoder-4node-") == 4  # one hetjob group per node
+    assert "--partition=batch --time=04:00:00" in out and "--gpus-per-task=8" in out
+    assert f"-m mimo_toolkit.train --config {run_dir}/job.json --run-dir {run_dir}" in out
+
+
+def test_torchx_rejects_what_torchx_cannot_carry():
+    with pytest.raises(UserError, match=r"^cluster.dependency: TorchX 0.7's slurm scheduler cannot set it"):
+        render_files("llava", "4node", "torchx", sets=["cluster.dependency=afterok:1"])
+    with pytest.raises(UserError, match=r"^env A='x=y': TorchX's --env"):
+        render_files("llava", "4node", "torchx", env=["A=x=y"])
+    with pytest.raises(UserError, match=r"^cluster.mem='lots'"):
+        render_files("llava", "4node", "torchx", sets=["cluster.mem=lots"])
+
+
+def test_component_matches_the_slurm_template():
+    assert components._TRAIN_MODULE == render.TRAIN_MODULE
+    assert components._TORCHRUN_SIGNALS == render.TORCHRUN_SIGNALS
+    assert components._LOG_LINE_PREFIX == render.LOG_LINE_PREFIX
+    single = components.train("/r/job.json", "/r", nnodes=1, nproc_per_node=4).roles[0]
+    assert "--rdzv-endpoint=localhost:0" in single.args[1]
+
+
+# ---- templates -----------------------------------------------------------------------------
+
+
+def test_template_dir_overrides_by_name(tmp_path):
+    (tmp_path / "slurm.sbatch.j2").write_text("#!/bin/bash\necho {{ job.job_name | shquote }} {{ nodes }}\n")
+    resolved = resolve_job("llava", "4node", job_name="it's")
+    slurm = render_job(resolved, "slurm", "/r", template_dir=tmp_path)
+    assert slurm[SBATCH_SCRIPT] == "#!/bin/bash\necho 'it'\"'\"'s' 4\n"
+    torchx = render_job(resolved, "torchx", "/r", template_dir=tmp_path)  # falls back to the package
+    assert torchx[TORCHX_SCRIPT].startswith("#!/bin/bash\n# mimo-toolkit")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{{ nope }}", "template slurm.sbatch.j2: 'nope' is undefined (see templates/README.md for the variables)"),
+        ("{% if %}", "template slurm.sbatch.j2: line 1: Expected an expression, got 'end of statement block'"),
+        ("{{ job.job_name }} && {{ '<x>' }}", None),
+    ],
+)
+def test_template_errors_are_one_line(tmp_path, text, message):
+    (tmp_path / "slurm.sbatch.j2").write_text(text)
+    resolved = resolve_job("llava", "tiny")
+    if message is None:  # autoescape is off: && and <> stay as written
+        assert render_job(resolved, "slurm", "/r", template_dir=tmp_path)[SBATCH_SCRIPT] == "llava-tiny && <x>"
+        return
+    with pytest.raises(UserError) as info:
+        render_job(resolved, "slurm", "/r", template_dir=tmp_path)
+    assert str(info.value) == message
+
+
+def test_templates_load_through_importlib_resources_from_a_zip(tmp_path, monkeypatch):
+    archive = tmp_path / "templates.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zipped_templates/__init__.py", "")
+        z.writestr("zipped_templates/slurm.sbatch.j2", "zipped {{ nodes }}\n")
+    monkeypatch.syspath_prepend(str(archive))
+    monkeypatch.setattr(render, "PACKAGE_TEMPLATES", "zipped_templates")
+    assert render_job(resolve_job("llava", "tiny"), "slurm", "/r")[SBATCH_SCRIPT] == "zipped 1\n"
+
+
+def test_readme_documents_every_template_variable():
+    readme = (REPO / "templates" / "README.md").read_text()
+    resolved = resolve_job("llava", "4node")
+    names = set(render.context(resolved, "/r")) | set(torchx_context(resolved, RunDir("/r")))
+    names |= set(render.FILTERS)
+    missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}(" not in readme)
+    assert not missing, f"templates/README.md does not document {missing}"
+
+
+def test_write_job_refuses_another_configs_run_dir(tmp_path):
+    write_job(resolve_job("llava", "tiny"), "slurm", tmp_path)
+    write_job(resolve_job("llava", "tiny"), "slurm", tmp_path)  # the same config again is fine
+    with pytest.raises(UserError, match="already holds a run of another config"):
+        write_job(resolve_job("llava", "tiny", sets=["train.steps=7"]), "slurm", tmp_path)
+    write_job(resolve_job("llava", "tiny", sets=["train.steps=7"]), "slurm", tmp_path, force=True)
+    assert load_manifest(RunDir(tmp_path).read_job()).config.train.steps == 7
+    assert (tmp_path / "logs").is_dir() and os.access(tmp_path / SBATCH_SCRIPT, os.X_OK)
+    assert not (tmp_path / TORCHX_CONFIG).exists()
