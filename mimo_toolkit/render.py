@@ -210,4 +210,13 @@ def context(resolved: "ResolvedJob", run_dir: str | os.PathLike) -> dict[str, An
         "train_module": TRAIN_MODULE,
         "torchrun_signals": TORCHRUN_SIGNALS,
         "log_line_prefix": LOG_LINE_PREFIX,
+        "shutdown_timeout_s": shutdown_timeout_s(cluster.signal),
     }
+
+
+def shutdown_timeout_s(signal_spec: str) -> int:
+    """How long torchrun lets the ranks finish their step and save after a stop signal
+    before it kills them: most of the warning the signal gives before the time limit
+    (torchrun's own default, 30 s, is too short for a large model's checkpoint)."""
+    lead = int(signal_spec.split("@")[1])
+    return max(30, lead - 15)

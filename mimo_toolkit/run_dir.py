@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +46,29 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 FAILURE_DIR = "failures"
 EXIT_STATUS_FILE = "exit_status.json"
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR2 asked the job to stop: finish the step, save, exit for a requeue.
+
+    Installed first thing in the entrypoint (before torch is imported), so that a preemption
+    signal arriving during start-up is remembered instead of killing the process (SIGUSR2's
+    default action)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal = ""
+
+    def install(self) -> "StopRequest":
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+        self.event.set()
 
 
 class RunDir:

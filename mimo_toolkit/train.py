@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from .errors import UserError
-from .run_dir import RunDir
+from .run_dir import RunDir, StopRequest
 
 
 class _Tee:
@@ -49,7 +49,12 @@ def _setup_rank_logging(run_dir: RunDir, rank: int) -> None:
     sys.stdout = _Tee(sys.stdout, log)
     sys.stderr = _Tee(sys.stderr, log)
     faulthandler.enable(file=log)
-    for pattern in (".*is experimental.*", ".*absl.logging.*"):
+    for pattern in (
+        ".*is experimental.*",
+        ".*absl.logging.*",
+        ".*Transformer Engine and Apex are not installed.*",  # expected on CPU: local layers
+        ".*CUDA_DEVICE_MAX_CONNECTIONS.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -67,6 +72,7 @@ def _load(config: str):
 
 def main(config: str, run_dir: str) -> int:
     """Train the job in ``config``; returns the process exit code."""
+    stop = StopRequest().install()  # before anything slow: a preemption signal is never lost
     rank = int(os.environ.get("RANK", "0"))
     rd = RunDir(run_dir)
     _setup_rank_logging(rd, rank)
@@ -93,7 +99,7 @@ def main(config: str, run_dir: str) -> int:
         os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     import torch
 
-    from .runtime.distributed import failure_board, init_distributed, install_stop_signals
+    from .runtime.distributed import failure_board, init_distributed
     from .runtime.trainer import Trainer
 
     if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
@@ -104,8 +110,7 @@ def main(config: str, run_dir: str) -> int:
     board.start()
     trainer = None
     try:
-        ctx = init_distributed(job.train.timeout_s, want_gpu=job.cluster.gpus_per_node > 0)
-        install_stop_signals(ctx)
+        ctx = init_distributed(job.train.timeout_s, want_gpu=job.cluster.gpus_per_node > 0, stop=stop)
         trainer = Trainer(job, rd, ctx)
         code = trainer.train()
         board.finish()

@@ -39,6 +39,10 @@ if [[ ${FAKE_SRUN:-0} == preempt ]]; then
   trap 'printf "{\n  \"reason\": \"preempted\"\n}\n" > "$RUN/exit_status.json"; exit 75' USR2 TERM
   for _ in $(seq 500); do sleep 0.02; done  # a test that never signals still ends
 fi
+if [[ ${FAKE_SRUN:-0} == completed-then-killed ]]; then
+  printf '{\n  "reason": "completed"\n}\n' > "$RUN/exit_status.json"
+  exit 137
+fi
 exit "${FAKE_SRUN:-0}"
 """
 
@@ -253,7 +257,7 @@ def wait_started(tmp_path: Path) -> None:
         # the --signal=B:USR2 warning: the ranks save, the job is requeued
         (signal.SIGUSR2, {}, 0, True, 0, "requeueing (restart 1 of 3)"),
         # scancel: SIGTERM while Slurm ends the job (22.05 would requeue a COMPLETING job)
-        (signal.SIGTERM, {"FAKE_JOB_STATE": "COMPLETING"}, 75, False, 0, "Slurm is ending the job (COMPLETING); not requeueing"),
+        (signal.SIGTERM, {"FAKE_JOB_STATE": "COMPLETING"}, 75, False, 0, "Slurm is ending the job (COMPLETING): a preempted --requeue job is requeued by Slurm itself"),
         # cluster.max_restarts reached
         (signal.SIGTERM, {"SLURM_RESTART_COUNT": "3"}, 75, False, 3, "cluster.max_restarts=3 reached"),
     ],
@@ -276,6 +280,15 @@ def test_script_exits_with_sruns_status_and_does_not_requeue_failures(tmp_path):
     assert code == 3
     assert not (tmp_path / "out" / "requeued").exists()
     assert "srun exited with status 3" in attempt_log(run_dir, "srun exited")
+
+
+def test_script_succeeds_when_training_completed_but_shutdown_was_signalled(tmp_path):
+    """A late time-limit warning can reach torchrun after the run finished and saved; the
+    run's own exit_status.json ("completed") decides, not torchrun's exit code."""
+    code, out, run_dir = run_sbatch_script(tmp_path, FAKE_SRUN="completed-then-killed")
+    assert code == 0
+    assert not (tmp_path / "out" / "requeued").exists()
+    assert "training completed (srun exited with status 137" in attempt_log(run_dir, "training completed")
 
 
 def test_script_refuses_a_different_node_count(tmp_path):

@@ -25,6 +25,7 @@ COMMANDS = {
     "submit": "mimo_toolkit.cli.submit:submit",
     "train": "mimo_toolkit.cli.train:train",
     "plan": "mimo_toolkit.cli.plan:plan",
+    "calibrate": "mimo_toolkit.cli.calibrate:calibrate",
     "eval": "mimo_toolkit.cli.eval:eval_command",
     "list": "mimo_toolkit.cli.jobs:list_jobs",
     "status": "mimo_toolkit.cli.jobs:status",

@@ -1,4 +1,4 @@
-"""Process-group setup, preemption signals, and failure handling that ends every rank quickly.
+"""Process-group setup, and failure handling that ends every rank quickly.
 
 Failure board: every rank heartbeats into torchrun's rendezvous store (a second client
 connection to ``MASTER_ADDR:MASTER_PORT``) and a watchdog thread polls it. When a rank
@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..run_dir import EXIT_PEER_FAILED, RunDir, write_json_atomic
+from ..run_dir import EXIT_PEER_FAILED, RunDir, StopRequest, write_json_atomic
 
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 10.0
@@ -40,11 +39,18 @@ class DistContext:
     local_rank: int
     device: torch.device
     backend: str
-    stop_requested: threading.Event = field(default_factory=threading.Event)
-    stop_signal: str = ""
+    stop: StopRequest = field(default_factory=StopRequest)
+
+    @property
+    def stop_requested(self) -> threading.Event:
+        return self.stop.event
+
+    @property
+    def stop_signal(self) -> str:
+        return self.stop.signal
 
 
-def init_distributed(timeout_s: int, want_gpu: bool) -> DistContext:
+def init_distributed(timeout_s: int, want_gpu: bool, stop: StopRequest | None = None) -> DistContext:
     """Join the job's process group: NCCL on GPUs when the job asks for them, gloo otherwise."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -66,18 +72,7 @@ def init_distributed(timeout_s: int, want_gpu: bool) -> DistContext:
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if use_gpu else None,
         )
-    return DistContext(rank, world, local_rank, device, backend)
-
-
-def install_stop_signals(ctx: DistContext) -> None:
-    """SIGTERM / SIGUSR2: finish the current step, save, and exit for a requeue."""
-
-    def handler(signum, frame):
-        ctx.stop_signal = signal.Signals(signum).name
-        ctx.stop_requested.set()
-
-    for sig in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(sig, handler)
+    return DistContext(rank, world, local_rank, device, backend, stop or StopRequest())
 
 
 def is_comm_error(exc: BaseException) -> bool:
