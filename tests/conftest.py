@@ -1,7 +1,7 @@
 """Shared pytest setup.
 
-Test modules that need the local Slurm cluster import the ``slurm_cluster`` fixture from
-``slurm_support``; multi-process runtime tests use helpers from ``dist_support``.
+The ``slurm_cluster`` fixture (a real local Slurm cluster, from ``slurm_support``) is
+available to every test; multi-process runtime tests use helpers from ``dist_support``.
 """
 
 import os
@@ -15,3 +15,5 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Tests must never pick up a user's recipe path, nor write to the user's job registry.
 os.environ.pop("MIMO_TOOLKIT_RECIPE_PATH", None)
 os.environ["MIMO_TOOLKIT_HOME"] = tempfile.mkdtemp(prefix="mimo-home-")
+
+from slurm_support import slurm_cluster  # noqa: E402,F401  (the real local Slurm cluster fixture)

@@ -86,3 +86,15 @@ def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def worker_pid(rank: int) -> int:
+    """PID of the training worker with global rank ``rank`` (found by its environment)."""
+    for pid in subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank}")

@@ -1,8 +1,6 @@
 """The ``slurm_cluster`` fixture: a real two-node Slurm cluster on this machine.
 
-Test modules that need it do::
-
-    from slurm_support import slurm_cluster  # noqa: F401
+tests/conftest.py imports it, so a test only asks for it::
 
     @pytest.mark.slurm
     def test_something(slurm_cluster):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from dist_support import kill_group, run_job, start_job, wait_for_step
+from dist_support import kill_group, run_job, start_job, wait_for_step, worker_pid
 from test_runtime import HOMOGENEOUS_TP1, assert_same_losses
 
 pytestmark = pytest.mark.slow
@@ -95,22 +94,11 @@ def test_frozen_encoder_sends_no_gradient_bytes(tmp_path):
     assert all(row["bridge_bytes"]["forward"] > 0 for row in rows)
 
 
-def _worker_pid(rank: int) -> int:
-    for pid in subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split():
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
-            return int(pid)
-    raise AssertionError(f"no worker with RANK={rank}")
-
-
 def test_killed_rank_ends_every_rank_and_is_named(tmp_path):
     proc = start_job(tmp_path, "llava", sets=["train.steps=500", *hetero(3, vision="1,1,1,0", llm="1,2,1,1")])
     try:
         wait_for_step(tmp_path, 3, proc)
-        os.kill(_worker_pid(1), signal.SIGKILL)
+        os.kill(worker_pid(1), signal.SIGKILL)
         start = time.monotonic()
         output, _ = proc.communicate(timeout=60)
         elapsed = time.monotonic() - start

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_support import SCRIPT, load_slurm_cluster_module, slurm_cluster  # noqa: F401
+from slurm_support import SCRIPT, load_slurm_cluster_module
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_support import run_job
-from slurm_support import slurm_cluster  # noqa: F401
+from dist_support import run_job, worker_pid
 from test_runtime import assert_same_losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -123,22 +122,11 @@ def test_time_limit_signal_requeues_and_completes(slurm_cluster, tmp_path):
     assert steps_logged(run_dir) == list(range(1, 301))
 
 
-def _worker(rank: int) -> int:
-    for pid in subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split():
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
-            return int(pid)
-    raise AssertionError(f"no worker with RANK={rank}")
-
-
 def test_killed_rank_fails_the_job_and_is_named(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
     job = submit(run_dir, "train.steps=2000")
     wait_step(run_dir, 3)
-    os.kill(_worker(3), signal.SIGKILL)  # rank 3 runs on the second node
+    os.kill(worker_pid(3), signal.SIGKILL)  # rank 3 runs on the second node
     start = time.monotonic()
     state = wait_state(job, timeout=90)
     assert state == "FAILED" and time.monotonic() - start < 60

@@ -43,8 +43,9 @@ class BridgeStats:
     backward_bytes: int = 0
 
 
-class P2PBridge:
-    """Encoder and LLM on disjoint ranks."""
+class _Bridge:
+    """What both bridges know: the layout, this rank's groups, the micro-batch size ``M`` and
+    the LLM's hidden size and dtype (every bridged tensor is ``[tokens, hidden]``)."""
 
     def __init__(self, layout: MimoParallelismConfig, p2p: P2P, pgcs: dict, micro_batch: int, hidden: int,
                  dtype: torch.dtype, device: torch.device) -> None:
@@ -57,6 +58,13 @@ class P2PBridge:
         self.device = device
         self.stats = BridgeStats()
         self.rank = dist.get_rank()
+
+    def end_step(self) -> None:
+        """Called after every step (the collective bridge forgets frozen encoders' leftovers)."""
+
+
+class P2PBridge(_Bridge):
+    """Encoder and LLM on disjoint ranks."""
 
     def _llm_leader(self, replica: int) -> int:
         return self.layout.language.rank_at(dp=replica)
@@ -92,9 +100,6 @@ class P2PBridge:
             shared = overlap(j, enc_dp, i, lm_dp, self.M)
             if len(shared):
                 yield j, sum(counts[k - first] for k in shared)
-
-    def end_step(self) -> None:
-        pass
 
     # ---- encoder side --------------------------------------------------------------------
     def send_forward(self, module: str, mb: int, embeddings: torch.Tensor, media: MediaBatch) -> None:
@@ -144,19 +149,11 @@ class P2PBridge:
             self.stats.backward_bytes += chunk.numel() * chunk.element_size()
 
 
-class CollectiveBridge:
+class CollectiveBridge(_Bridge):
     """Encoders and LLM on the same ranks (colocated or homogeneous)."""
 
-    def __init__(self, layout: MimoParallelismConfig, pgcs: dict, micro_batch: int, hidden: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        self.layout = layout
-        self.pgcs = pgcs
-        self.M = micro_batch
-        self.hidden = hidden
-        self.dtype = dtype
-        self.device = device
-        self.stats = BridgeStats()
-        self.rank = dist.get_rank()
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self._stash: dict[tuple, object] = {}
 
     def _gather_counts(self, module: str, media: MediaBatch) -> list[int]:
@@ -234,7 +231,6 @@ def _broadcast_from_first(tensor: torch.Tensor, group: dist.ProcessGroup) -> tor
 
 
 def make_bridge(layout: MimoParallelismConfig, p2p: P2P, pgcs: dict, micro_batch: int, hidden: int,
-                dtype: torch.dtype, device: torch.device):
-    if layout.deployment_mode == "heterogeneous":
-        return P2PBridge(layout, p2p, pgcs, micro_batch, hidden, dtype, device)
-    return CollectiveBridge(layout, pgcs, micro_batch, hidden, dtype, device)
+                dtype: torch.dtype, device: torch.device) -> _Bridge:
+    cls = P2PBridge if layout.deployment_mode == "heterogeneous" else CollectiveBridge
+    return cls(layout, p2p, pgcs, micro_batch, hidden, dtype, device)

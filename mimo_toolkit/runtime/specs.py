@@ -234,42 +234,35 @@ def projector_spec(arch: VisionEncoder | AudioEncoder, llm: LanguageModel, par: 
     )
 
 
-def vision_submodules_spec(arch: VisionEncoder, llm: LanguageModel, par: ModuleParallelismConfig, backend: Backend, dtype: torch.dtype) -> ModuleSpec:
-    """MIMO vision submodules: CLIP ViT encoder + projector."""
-    encoder = ModuleSpec(
-        module=PortableCLIPViTModel,
-        params={
-            "transformer_config": transformer_config(arch, par, dtype),
-            "transformer_layer_spec": layer_spec(backend, causal=False, normalization=arch.normalization),
-            "ln_pre_impl": _norm_impl(backend, arch.normalization),
+def _encoder_params(arch: VisionEncoder | AudioEncoder) -> tuple[type, type, dict]:
+    """(submodules class, encoder class, encoder-specific params) of an encoder kind."""
+    if isinstance(arch, VisionEncoder):
+        return VisionModalitySubmodules, PortableCLIPViTModel, {
             "add_class_token": arch.class_token,
             "class_token_len": 1,
             "patch_dim": arch.patch_size,
             "img_h": arch.image_size,
             "img_w": arch.image_size,
             "keep_class_token": arch.keep_class_token,
-        },
-    )
-    return ModuleSpec(
-        module=VisionModalitySubmodules,
-        submodules={"encoders": {ENCODER_KEY["vision"]: encoder}, "input_projections": [projector_spec(arch, llm, par, dtype)]},
-    )
+        }
+    return AudioModalitySubmodules, WhisperStyleEncoder, {
+        "num_mel_bins": arch.num_mel_bins,
+        "num_frames": arch.num_frames,
+    }
 
 
-def audio_submodules_spec(arch: AudioEncoder, llm: LanguageModel, par: ModuleParallelismConfig, backend: Backend, dtype: torch.dtype) -> ModuleSpec:
-    """MIMO audio submodules: Whisper-style encoder + projector."""
-    encoder = ModuleSpec(
-        module=WhisperStyleEncoder,
-        params={
-            "transformer_config": transformer_config(arch, par, dtype),
-            "transformer_layer_spec": layer_spec(backend, causal=False, normalization=arch.normalization),
-            "num_mel_bins": arch.num_mel_bins,
-            "num_frames": arch.num_frames,
-        },
-    )
+def encoder_submodules_spec(arch: VisionEncoder | AudioEncoder, llm: LanguageModel, par: ModuleParallelismConfig,
+                            backend: Backend, dtype: torch.dtype) -> ModuleSpec:
+    """MIMO modality submodules: the encoder (CLIP ViT, or Whisper-style for audio) + projector."""
+    submodules_cls, encoder_cls, params = _encoder_params(arch)
+    params["transformer_config"] = transformer_config(arch, par, dtype)
+    params["transformer_layer_spec"] = layer_spec(backend, causal=False, normalization=arch.normalization)
+    if encoder_cls is PortableCLIPViTModel:
+        params["ln_pre_impl"] = _norm_impl(backend, arch.normalization)
+    encoder = ModuleSpec(module=encoder_cls, params=params)
     return ModuleSpec(
-        module=AudioModalitySubmodules,
-        submodules={"encoders": {ENCODER_KEY["audio"]: encoder}, "input_projections": [projector_spec(arch, llm, par, dtype)]},
+        module=submodules_cls,
+        submodules={"encoders": {ENCODER_KEY[arch.KIND]: encoder}, "input_projections": [projector_spec(arch, llm, par, dtype)]},
     )
 
 
@@ -288,9 +281,7 @@ def mimo_specs(job: JobConfig, backend: Backend, dtype: torch.dtype) -> MimoSpec
     llm = job.language_model
     specs = {}
     for name, arch in job.encoders.items():
-        par = layout.module_parallelisms[name]
-        build = vision_submodules_spec if isinstance(arch, VisionEncoder) else audio_submodules_spec
-        specs[name] = build(arch, llm, par, backend, dtype)
+        specs[name] = encoder_submodules_spec(arch, llm, layout.module_parallelisms[name], backend, dtype)
     return MimoSpecs(
         language_model_spec=language_model_spec(llm, layout.language, backend, dtype),
         modality_submodules_spec=specs,
