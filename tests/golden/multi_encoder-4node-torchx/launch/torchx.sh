@@ -7,10 +7,13 @@
 # (torchrun on every node -> python -m mimo_toolkit.train). Scheduler options are read from
 # the .torchxconfig beside this file. TorchX 0.7's slurm scheduler has no preemption signal
 # (a failed job is requeued up to --max_retries times and resumes from its latest
-# checkpoint) and writes its slurm-<job id>-*.out logs into the directory you run this from.
+# checkpoint) and writes its slurm-<job id>-*.out logs into the directory it is run from:
+# the run's log directory.
 set -euo pipefail
 
 export TORCHXCONFIG=/scratch/runs/golden/launch/.torchxconfig
+mkdir -p /scratch/runs/golden/logs
+cd /scratch/runs/golden/logs
 # sbatch reads these; TorchX 0.7 has no options for them.
 export SBATCH_EXCLUSIVE=exclusive
 
