@@ -122,3 +122,23 @@ def test_heterogeneous_resume_equals_uninterrupted(tmp_path, llava_ref):
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert [r["step"] for r in resumed.metrics] == list(range(1, 7))
     assert_same_losses(resumed.losses, llava_ref.losses, tol=1e-6)
+
+
+def test_nonfinite_gradients_skip_the_step_on_every_rank(tmp_path):
+    """lr=1e30 blows the weights up after step 1, so later gradients are inf/nan: every rank
+    (vision and LLM live on different ranks) must skip those steps together, without
+    updating anything, crashing or hanging."""
+    import torch
+
+    sets = ["train.steps=4", "train.lr=1e30", "train.lr_warmup_steps=0", "train.save_interval=2",
+            "train.keep_checkpoints=0", *hetero(2, vision="1,1,1,0", llm="1,1,1,1")]
+    run = run_job(tmp_path, "llava", sets=sets)
+    assert run.returncode == 0, run.output[-3000:]
+    skipped = [row["skipped"] for row in run.metrics]
+    assert skipped[0] is False and all(skipped[2:]), skipped
+    for module in ("vision", "llm"):
+        step2 = torch.load(tmp_path / f"checkpoints/step-00000002/model/{module}/tp00-pp00.pt", weights_only=False)
+        step4 = torch.load(tmp_path / f"checkpoints/step-00000004/model/{module}/tp00-pp00.pt", weights_only=False)
+        for key, value in step4["model"].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, step2["model"][key]), f"{module}.{key} changed in a skipped step"
