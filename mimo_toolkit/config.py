@@ -372,6 +372,10 @@ class JobConfig:
                 f"train.seq_length={self.train.seq_length} exceeds "
                 f"model.{lm_name}.max_sequence_length={lm.max_sequence_length}"
             )
+        if self.data.source == "llava" and not self.data.path:
+            raise UserError("data.source=llava needs data.path (a LLaVA-style JSON or JSONL file)")
+        if self.train.eval_interval and self.data.source == "llava" and not self.data.valid_path:
+            raise UserError(f"train.eval_interval={self.train.eval_interval} needs data.valid_path (or eval_interval=0)")
         placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
         if placeholders >= self.train.seq_length:
             raise UserError(

@@ -6,7 +6,7 @@ A profile is a JSON file (format ``mimo-toolkit-calibration/1``)::
       "format": "mimo-toolkit-calibration/1",
       "machine": {"device": "cpu", "description": "2 x Xeon 8480, gloo", "memory_gib": 16},
       "modules": {
-        "llm":    {"flops_per_s": 2.1e10, "tp": 2},
+        "llm":    {"flops_per_s": 2.1e10, "tp": 2, "seconds_per_micro_batch": 0.006},
         "vision": {"seconds_per_flop": 6.0e-11, "tp": 1}
       },
       "comm": {"intra_node_bytes_per_s": 2e9, "inter_node_bytes_per_s": 1e9, "latency_s": 5e-5},
@@ -16,15 +16,19 @@ A profile is a JSON file (format ``mimo-toolkit-calibration/1``)::
 
 ``modules`` maps a module kind (llm, vision, audio) to its achieved work FLOP/s per process
 (forward + backward FLOPs as ``flops.py`` counts them, divided by the measured seconds), or
-its inverse, measured at tensor-parallel size ``tp``. ``machine.device`` is ``cpu`` or a built-in
+its inverse, measured at tensor-parallel size ``tp``, and optionally the fixed seconds one
+micro-batch costs the module whatever its size (framework dispatch: large for toy models on a
+CPU, negligible on GPUs). ``machine.device`` is ``cpu`` or a built-in
 GPU whose figures the profile overrides. :func:`profile_from_timings` builds a profile from
-timed steps of a known layout and :func:`compare_step_times` sets a prediction against
-measured step times, so a calibration command only has to time steps (docs/planner.md).
+timed steps of a known layout (:func:`split_micro_batch_cost` separates the fixed cost from
+two runs at different micro-batch sizes) and :func:`compare_step_times` sets a prediction
+against measured step times; ``measure.py`` runs the jobs (``mimo-toolkit calibrate``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +39,7 @@ from ..config import JobConfig
 from ..errors import UserError
 from ..typed import from_plain, to_plain
 from .candidate import evaluate_layout
+from .cost import GridSize, encoder_bridge_s, module_comm_s, stage_share
 from .hardware import GPUS, Machine, ModuleRate
 from .workload import make_problem, module_work
 
@@ -66,6 +71,8 @@ class ProfileModule:
     flops_per_s: float | None = None
     seconds_per_flop: float | None = None
     tp: int = 1
+    seconds_per_micro_batch: float = 0.0
+    """Fixed seconds one micro-batch costs the whole module (forward + backward, one rank)."""
 
 
 @dataclass(kw_only=True)
@@ -106,6 +113,8 @@ def load_profile(path: str | Path) -> CalibrationProfile:
             raise UserError(f"profile.modules.{kind}: give exactly one of flops_per_s, seconds_per_flop")
         if (rate.flops_per_s or 1.0) <= 0 or (rate.seconds_per_flop or 1.0) <= 0 or rate.tp < 1:
             raise UserError(f"profile.modules.{kind}: rates must be > 0 and tp >= 1")
+        if rate.seconds_per_micro_batch < 0:
+            raise UserError(f"profile.modules.{kind}.seconds_per_micro_batch: must be >= 0")
     if profile.machine.device == "cpu" and profile.machine.memory_gib is None:
         raise UserError("profile.machine.memory_gib: required for a cpu profile (memory per process)")
     return profile
@@ -114,7 +123,8 @@ def load_profile(path: str | Path) -> CalibrationProfile:
 def machine_from_profile(profile: CalibrationProfile, source: str) -> Machine:
     """The machine a profile describes: a built-in GPU with measured figures, or a CPU."""
     rates = {
-        kind: ModuleRate(r.flops_per_s if r.flops_per_s is not None else 1.0 / r.seconds_per_flop, r.tp)
+        kind: ModuleRate(r.flops_per_s if r.flops_per_s is not None else 1.0 / r.seconds_per_flop, r.tp,
+                         r.seconds_per_micro_batch)
         for kind, r in profile.modules.items()
     }
     m, c = profile.machine, profile.comm
@@ -192,21 +202,68 @@ def allreduce_bus_bytes_per_s(nbytes: float, ranks: int, seconds: float) -> floa
     return 2.0 * (ranks - 1) / ranks * nbytes / seconds
 
 
+def comm_from_allreduces(ranks: int, timings: Sequence[tuple[float, float]]) -> ProfileComm:
+    """Inside-node bus bandwidth and per-hop latency from mean all-reduce times at two or more
+    sizes (``commbench.py``): the inverse of the model's ``allreduce_s`` through the smallest
+    and the largest message."""
+    if ranks < 2 or len(timings) < 2:
+        raise UserError("the collective figures need all-reduces over >= 2 ranks at >= 2 sizes")
+    (small, t_small), (large, t_large) = min(timings), max(timings)
+    ring = 2.0 * (ranks - 1) / ranks
+    if t_large > t_small:
+        bandwidth = ring * (large - small) / (t_large - t_small)
+    else:  # noise: the large message was no slower; bound the bandwidth by it alone
+        bandwidth = allreduce_bus_bytes_per_s(large, ranks, t_large)
+    hops = math.ceil(math.log2(ranks))
+    latency = max(0.0, t_small - ring * small / bandwidth) / (2 * hops)
+    return ProfileComm(intra_node_bytes_per_s=bandwidth, latency_s=latency)
+
+
 def rates_from_timings(work_flops_per_rank: Mapping[str, float], seconds: Mapping[str, float],
-                       kinds: Mapping[str, str], tps: Mapping[str, int]) -> dict[str, ProfileModule]:
+                       kinds: Mapping[str, str], tps: Mapping[str, int],
+                       fixed: Mapping[str, tuple[float, float]] | None = None) -> dict[str, ProfileModule]:
     """Measured module rates: each module's work FLOPs per rank per step over the seconds its
     ranks spent in that module's forward and backward (timed without waiting on other modules).
-    Keys are module names; the profile stores one rate per kind (the slowest if two modules
-    share a kind)."""
+    ``fixed``: per module, (seconds per micro-batch, micro-batches x stage share per step) of
+    its fixed cost, taken off the seconds first. Keys are module names; the profile stores one
+    rate per kind (the slowest if two modules share a kind)."""
     out: dict[str, ProfileModule] = {}
     for name, flops in work_flops_per_rank.items():
         if seconds.get(name, 0) <= 0:
             raise UserError(f"no measured time for module {name!r}")
-        rate = flops / seconds[name]
+        per_micro, count = (fixed or {}).get(name, (0.0, 0.0))
+        # A fixed cost fitted on noisy runs may leave almost nothing: keep the rate finite.
+        rate = flops / max(seconds[name] - per_micro * count, 0.01 * seconds[name])
         kind = kinds[name]
         if kind not in out or rate < (out[kind].flops_per_s or 0):
-            out[kind] = ProfileModule(flops_per_s=rate, tp=tps[name])
+            out[kind] = ProfileModule(flops_per_s=rate, tp=tps[name], seconds_per_micro_batch=per_micro)
     return out
+
+
+def split_micro_batch_cost(runs: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """(seconds per micro-batch, seconds per FLOP) of one module from runs of
+    (micro-batches x stage share, work FLOPs, compute seconds) per step: a least-squares fit of
+    ``seconds = count x fixed + flops x per_flop`` with both terms >= 0. Two runs of one
+    layout at different micro-batch sizes (same samples, different counts) determine it."""
+    if not runs:
+        raise UserError("no timed runs to fit")
+    candidates = []
+    if len({(n, f) for n, f, _ in runs}) >= 2:
+        sxx = sum(n * n for n, _, _ in runs)
+        syy = sum(f * f for _, f, _ in runs)
+        sxy = sum(n * f for n, f, _ in runs)
+        bx = sum(n * t for n, _, t in runs)
+        by = sum(f * t for _, f, t in runs)
+        det = sxx * syy - sxy * sxy
+        if det > 0:
+            candidates.append(((bx * syy - by * sxy) / det, (by * sxx - bx * sxy) / det))
+    candidates.append((0.0, sum(f * t for _, f, t in runs) / sum(f * f for _, f, _ in runs)))
+    candidates.append((sum(n * t for n, _, t in runs) / sum(n * n for n, _, _ in runs), 0.0))
+
+    def residual(c: tuple[float, float]) -> float:
+        return sum((n * c[0] + f * c[1] - t) ** 2 for n, f, t in runs)
+
+    return min((c for c in candidates if c[0] >= 0 and c[1] >= 0), key=residual)
 
 
 def work_flops_per_rank(job: JobConfig) -> dict[str, float]:
@@ -221,29 +278,67 @@ def work_flops_per_rank(job: JobConfig) -> dict[str, float]:
     return out
 
 
+def micro_batch_counts(job: JobConfig) -> dict[str, float]:
+    """Per module, how many times per step one rank pays the module's fixed per-micro-batch
+    cost: every global micro-batch, times its heaviest stage's share of the module."""
+    micro_batches = job.train.global_batch_size // (job.train.micro_batch_size * job.layout.language.dp)
+    return {w.name: micro_batches * stage_share(w, job.layout.module_parallelisms[w.name].pipeline_parallel)
+            for w in module_work(job)}
+
+
+def communication_in_timings(job: JobConfig, machine: Machine) -> dict[str, float]:
+    """Per module, the seconds per step of communication the runtime's forward/backward timers
+    include (waits on receives excluded): TP collectives and pipeline sends of every
+    micro-batch, and an encoder's share of the colocated bridge. Taken off measured module
+    times so that the fitted rates are compute only, whatever layout was timed."""
+    problem = make_problem(job, machine, job.cluster.nodes or 1, job.cluster.procs_per_node)
+    layout, mode = job.layout, job.layout.deployment_mode
+    micro_batches = job.train.global_batch_size // (job.train.micro_batch_size * layout.language.dp)
+    grids = {n: GridSize(m.tensor_parallel, m.context_parallel, m.dp) for n, m in layout.module_parallelisms.items()}
+    out = {}
+    for w in problem.modules:
+        m = layout.module_parallelisms[w.name]
+        samples = job.train.micro_batch_size * layout.language.dp // m.dp
+        comm = module_comm_s(problem, w, m.tensor_parallel, m.context_parallel, m.pipeline_parallel, m.dp,
+                             samples, False, math.inf)
+        out[w.name] = micro_batches * comm
+        if not w.is_language and mode != "heterogeneous":
+            out[w.name] += encoder_bridge_s(problem, mode, w, grids[w.name], grids[problem.language], micro_batches)
+    return out
+
+
 def profile_from_timings(job: JobConfig, device: str, module_seconds: Mapping[str, float],
                          step_seconds: Sequence[float], memory_gib: float | None = None,
-                         description: str = "", warmup: int = 1) -> CalibrationProfile:
+                         description: str = "", warmup: int = 1, *,
+                         micro_batch_seconds: Mapping[str, float] | None = None,
+                         comm: ProfileComm | None = None,
+                         provenance: Mapping[str, str] | None = None) -> CalibrationProfile:
     """A profile from one timed run of ``job`` (validated; the layout it ran with).
 
-    ``module_seconds``: per module, the seconds one of its ranks spent per step in that
-    module's forward and backward (no waiting on other modules); ``step_seconds``: whole
-    optimizer steps. Module rates are work FLOPs over those seconds; the fixed overhead is
-    what the measured median step exceeds the step the new rates predict.
+    ``module_seconds``: per module, the seconds one of its ranks spent per step computing that
+    module's forward and backward (no communication, no waiting on other modules);
+    ``step_seconds``: whole optimizer steps. ``micro_batch_seconds``: per module, its fixed
+    cost per micro-batch (:func:`split_micro_batch_cost`), taken off before the rates are
+    computed; ``comm``: measured collective figures. Module rates are work FLOPs over the
+    remaining seconds; the fixed overhead is what the measured median step exceeds the step
+    the new figures predict.
     """
     if device == "cpu" and memory_gib is None:
         raise UserError("a cpu profile needs the memory per process (memory_gib)")
     names = {w.name: w for w in module_work(job)}
     layout = job.layout.module_parallelisms
+    counts = micro_batch_counts(job)
+    fixed = {n: ((micro_batch_seconds or {}).get(n, 0.0), counts[n]) for n in names}
     modules = rates_from_timings(
         work_flops_per_rank(job), module_seconds,
-        {n: w.kind for n, w in names.items()}, {n: layout[n].tensor_parallel for n in names},
+        {n: w.kind for n, w in names.items()}, {n: layout[n].tensor_parallel for n in names}, fixed,
     )
     profile = CalibrationProfile(
         machine=ProfileMachine(device=device, description=description, memory_gib=memory_gib),  # type: ignore[arg-type]
         modules=modules,
+        comm=comm or ProfileComm(),
         provenance={"recipe": job.recipe, "preset": job.preset, "layout": job.layout.deployment_mode,
-                    "config_hash": job.config_hash()},
+                    "config_hash": job.config_hash(), **(provenance or {})},
     )
     machine = machine_from_profile(profile, "(being fitted)")
     problem = make_problem(job, machine, job.cluster.nodes or 1, job.cluster.procs_per_node)

@@ -99,7 +99,7 @@ class Candidate:
 def make_candidate(problem: Problem, mode: str, mbs: int, placements: Sequence[Placement],
                    estimates: Sequence[ModuleEstimate], micro_batches: int) -> Candidate:
     """Combine per-module estimates into a candidate (step time by mode, memory per GPU)."""
-    bridge = bridge_s(problem, mode, [p.grid for p in placements])
+    bridge = bridge_s(problem, mode, [p.grid for p in placements], micro_batches)
     step = step_s(problem, mode, estimates, bridge, micro_batches)
     if mode == "heterogeneous":
         memory = tuple(e.memory.total for e in estimates)

@@ -30,6 +30,10 @@ class ModuleRate:
     flops_per_s: float
     tp: int = 1
     """Tensor-parallel size it was measured at (other sizes are scaled by the shard factor)."""
+    seconds_per_micro_batch: float = 0.0
+    """Fixed time one micro-batch costs the whole module (forward + backward, every layer, one
+    rank) whatever its size: framework dispatch, which dominates toy models on a CPU and is
+    negligible on GPUs. A pipeline stage pays its share of the module's work of it."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ class Machine:
         if peak is None:
             raise UserError(f"machine {self.name!r} has no measured rate for {kind} modules; add it to the profile")
         return peak * self.efficiency * shard_factor(hidden, tp) * token_factor(tokens)
+
+    def micro_batch_s(self, kind: str) -> float:
+        """Measured fixed seconds per micro-batch of a ``kind`` module (0 without a profile)."""
+        measured = self.module_rates.get(kind)
+        return measured.seconds_per_micro_batch if measured is not None else 0.0
 
     def max_rate(self, kind: str, hidden: int, precision: str) -> float:
         """An upper bound of :meth:`rate` over tp and tokens (the search's lower bounds on time)."""

@@ -227,7 +227,7 @@ class _Search:
         options = [
             [(rc, self.estimate(i, s, dp, b, m, rc)) for rc in self.recompute[i]] for i, (s, dp, b) in enumerate(specs)
         ]
-        bridge = bridge_s(self.p, mode, [p.grid for p in placements])
+        bridge = bridge_s(self.p, mode, [p.grid for p in placements], m)
         best: tuple[float, tuple] | None = None
         for combo in itertools.product(*options):
             if sum(e.memory.total for _, e in combo) <= self.cap:
@@ -271,7 +271,7 @@ class _Search:
                 return
             lists = [self._colocated_options(e, mbs, dp_l, m, universe) for e in range(self.llm)]
             llm_low = min(self._low(self.llm, ls, dp_l, mbs, m))
-            self._combine(mbs, m, ls, dp_l, lists, 0, [], llm_low + bridge_s(self.p, "colocated", []))
+            self._combine(mbs, m, ls, dp_l, lists, 0, [], llm_low)
 
     def _low(self, i: int, s: Shape, dp: int, b: int, m: int) -> list[float]:
         return [e.busy_s + e.sync_s for e in (self.estimate(i, s, dp, b, m, rc) for rc in self.recompute[i])]
@@ -378,7 +378,7 @@ class _Search:
         self.log.evaluated += 1
         placements = [p for p, _ in placed] + [llm]
         estimates = [e for _, e in placed] + [llm_est]
-        bridge = bridge_s(self.p, "heterogeneous", [p.grid for p in placements])
+        bridge = bridge_s(self.p, "heterogeneous", [p.grid for p in placements], m)
         step = step_s(self.p, "heterogeneous", estimates, bridge, m)
         self.tops["heterogeneous"].push(
             step, placements, lambda: make_candidate(self.p, "heterogeneous", mbs, placements, estimates, m)

@@ -8,7 +8,7 @@ state and no data-parallel gradient traffic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..config import JobConfig, LanguageModel
@@ -190,7 +190,11 @@ def module_work(job: JobConfig) -> tuple[ModuleWork, ...]:
 def make_problem(job: JobConfig, machine: Machine, nodes: int, gpus_per_node: int,
                  assumptions: Assumptions | None = None) -> Problem:
     """The planning problem for ``job`` on ``nodes`` x ``gpus_per_node`` devices of ``machine``."""
-    precision = "fp32" if machine.name == "cpu" else job.train.precision
+    cpu = machine.name == "cpu"
+    precision = "fp32" if cpu else job.train.precision
+    assumptions = assumptions or Assumptions()
+    if cpu:  # the gloo runtime all-reduces whole fp32 gradients and keeps every optimizer state
+        assumptions = replace(assumptions, distributed_optimizer=False)
     return Problem(
         modules=module_work(job),
         language=job.layout.language_module,
@@ -201,5 +205,5 @@ def make_problem(job: JobConfig, machine: Machine, nodes: int, gpus_per_node: in
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         machine=machine,
-        assumptions=assumptions or Assumptions(),
+        assumptions=assumptions,
     )

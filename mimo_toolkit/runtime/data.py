@@ -60,10 +60,13 @@ class SyntheticDataset:
 
     NUM_CLASSES = 8
     FIRST_TOKEN = 3
+    VALID_SAMPLES = 256
+    """Size of the synthetic validation split (the samples after the training ones)."""
 
-    def __init__(self, job: JobConfig, num_samples: int | None = None) -> None:
+    def __init__(self, job: JobConfig, num_samples: int | None = None, offset: int = 0) -> None:
         self.job = job
         self.num_samples = num_samples or job.data.num_samples
+        self.offset = offset
         self.seq_length = job.train.seq_length
         self.vocab = job.language_model.vocab_size
         self.token_ids = job.layout.special_token_ids
@@ -83,7 +86,7 @@ class SyntheticDataset:
         return 2 if fits else 1
 
     def get(self, index: int, modalities: Collection[str]) -> Sample:
-        gen = torch.Generator().manual_seed(self.job.train.seed * 1_000_003 + index)
+        gen = torch.Generator().manual_seed(self.job.train.seed * 1_000_003 + self.offset + index)
         cls = int(torch.randint(self.NUM_CLASSES, (1,), generator=gen))
         ids = [BOS_ID]
         media = {}
@@ -96,7 +99,7 @@ class SyntheticDataset:
         start, stride = self.FIRST_TOKEN + (cls * 37) % span, 1 + cls % 5
         room = self.seq_length - len(ids) - 1
         text = [self.FIRST_TOKEN + (start - self.FIRST_TOKEN + k * stride) % span for k in range(max(room, 0))]
-        return make_sample(ids, text + [EOS_ID], prompt_len=len(ids), media=media, sample_id=f"synthetic-{index}")
+        return make_sample(ids, text + [EOS_ID], prompt_len=len(ids), media=media, sample_id=f"synthetic-{self.offset + index}")
 
 
 def _synthetic_media(arch, cls: int, items: int, gen: torch.Generator) -> torch.Tensor:
@@ -123,9 +126,11 @@ def make_sample(prompt: list[int], answer: list[int], prompt_len: int, media: di
 
 
 def build_dataset(job: JobConfig, split: str = "train") -> MimoDataset:
-    """The dataset a job's ``data`` section names."""
+    """The ``split`` ("train" or "valid") of the dataset a job's ``data`` section names."""
     if job.data.source == "synthetic":
-        return SyntheticDataset(job)
+        if split == "train":
+            return SyntheticDataset(job)
+        return SyntheticDataset(job, SyntheticDataset.VALID_SAMPLES, offset=job.data.num_samples)
     from .datasets import build_file_dataset  # real data (Pillow, tokenizers) only when asked
 
     return build_file_dataset(job, split)
@@ -224,8 +229,10 @@ class ReplicaData:
     def _samples(self, module: str, step: int, microbatch: int, modalities: Collection[str]) -> list[Sample]:
         dp = self.job.layout.module_parallelisms[module].dp
         positions = self.geometry.positions(step, microbatch, self.replica_of[module], dp)
-        n = len(self.dataset)
-        return [self.dataset.get(sample_index(p, n, self.seed), modalities) for p in positions]
+        return [self._load(p, modalities) for p in positions]
+
+    def _load(self, position: int, modalities: Collection[str]) -> Sample:
+        return self.dataset.get(sample_index(position, len(self.dataset), self.seed), modalities)
 
     def text(self, step: int, microbatch: int) -> TextBatch:
         lm = self.job.layout.language_module
@@ -235,3 +242,23 @@ class ReplicaData:
     def media(self, module: str, step: int, microbatch: int) -> MediaBatch:
         samples = self._samples(module, step, microbatch, (module,))
         return collate_media(samples, module, self.job.model[module].tokens_per_sample)
+
+
+class ValidationData(ReplicaData):
+    """The validation split in file order, each sample once.
+
+    Validation step ``k`` takes positions ``[k*G, (k+1)*G)`` like a training step, so the
+    micro-batch geometry (and the bridge's shapes) stay those of training; positions past
+    the end wrap around with loss mask 0, so they count for nothing.
+    """
+
+    @property
+    def steps(self) -> int:
+        return -(-len(self.dataset) // self.geometry.global_batch)
+
+    def _load(self, position: int, modalities: Collection[str]) -> Sample:
+        n = len(self.dataset)
+        sample = self.dataset.get(position % n, modalities)
+        if position >= n:
+            sample.loss_mask = [0] * len(sample.loss_mask)
+        return sample

@@ -11,10 +11,15 @@ For each operation of this rank's list (``mimo_toolkit.runtime.schedule``):
 * The last stage computes the per-token loss over its own TP group, normalised by the number
   of loss tokens of the WHOLE global batch, so gradients sum to those of the global mean.
 * ``B(...)``: the reverse, sending activation gradients back along the same paths.
+
+An Engine with no backward modules (validation: the forward-only lists of
+``build_schedule(layout, m, backward=set())``) runs under ``torch.no_grad``, on the same
+layout, bridge and data path as training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +36,28 @@ from .specs import ENCODER_KEY
 
 #: keyword argument of each encoder kind's forward
 ENCODER_INPUT = {"vision": "x", "audio": "input_features"}
+
+
+def encode(model, job: JobConfig, module: str, items: torch.Tensor) -> torch.Tensor:
+    """Projected embeddings ``[items x tokens_per_sample, llm hidden]`` of one encoder module.
+
+    No items (a replica whose samples are all text-only): no embeddings, and no forward, as
+    the encoders do not take empty batches."""
+    if items.shape[0] == 0:
+        return items.new_zeros(0, job.language_model.hidden_size)
+    kind = job.model[module].KIND
+    return model.modality_submodules[module](encoder_inputs={ENCODER_KEY[kind]: {ENCODER_INPUT[kind]: items}})
+
+
+def decoder_input(model, job: JobConfig, input_ids: torch.Tensor, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The LLM's input ``[s, b, h]``: text embeddings, with each encoder's embeddings at its
+    placeholder positions (in sample order)."""
+    special = job.layout.special_token_ids
+    positions = None
+    if job.language_model.position_embedding != "rope":
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    text = model.get_text_embeddings(input_ids, positions, special)
+    return model.align_embeddings_by_token_positions({**embeddings, "text": text}, input_ids, special)
 
 
 @dataclass
@@ -71,6 +98,14 @@ class Engine:
         self.step = step
         self.texts = self._load_texts(step)
         self.loss_scale = self._global_loss_tokens()
+        with torch.no_grad() if not self.backward else contextlib.nullcontext():
+            self._run_ops()
+        self.p2p.wait_sends()
+        self.bridge.end_step()
+        self.state.clear()
+        return self.out
+
+    def _run_ops(self) -> None:
         for op in self.ops:
             start, waited = time.perf_counter(), self.p2p.wait_s
             if op.kind == "F":
@@ -82,10 +117,6 @@ class Engine:
             wait = self.p2p.wait_s - waited
             self.out.times[f"{op.module}/{'fwd' if op.kind == 'F' else 'bwd'}"] += time.perf_counter() - start - wait
             self.out.times[f"{op.module}/wait"] += wait
-        self.p2p.wait_sends()
-        self.bridge.end_step()
-        self.state.clear()
-        return self.out
 
     def _load_texts(self, step: int) -> list[TextBatch] | None:
         if self.lm_coords is None:
@@ -109,11 +140,7 @@ class Engine:
 
     def _encoder_forward(self, module: str, mb: int) -> None:
         media = self.data.media(module, self.step, mb)
-        kind = self.job.model[module].KIND
-        items = media.items.to(self.device, self.dtype)
-        embeddings = self.model.modality_submodules[module](
-            encoder_inputs={ENCODER_KEY[kind]: {ENCODER_INPUT[kind]: items}}
-        )
+        embeddings = encode(self.model, self.job, module, media.items.to(self.device, self.dtype))
         self.bridge.send_forward(module, mb, embeddings, media)
         if module in self.backward:
             self.state[(module, mb)] = (embeddings, media)
@@ -127,12 +154,7 @@ class Engine:
             for enc in self.layout.encoder_names:
                 emb = self.bridge.recv_forward(enc, mb, text).to(self.dtype)
                 received[enc] = emb.detach().requires_grad_(enc in self.backward)
-            input_ids = text.input_ids.to(self.device)
-            special = self.layout.special_token_ids
-            text_emb = self.model.get_text_embeddings(input_ids, self._position_ids(input_ids), special)
-            combined = self.model.align_embeddings_by_token_positions(
-                {**received, "text": text_emb}, input_ids, special
-            )
+            combined = decoder_input(self.model, self.job, text.input_ids.to(self.device), received)
             output = lm(input_ids=None, position_ids=None, attention_mask=None, decoder_input=combined)
             inputs = received
         else:
@@ -148,11 +170,6 @@ class Engine:
             self.p2p.send(output.detach(), self._stage_rank(stage + 1), "pipe_fwd", tag=mb)
         if needs_grad:
             self.state[(self.lm, mb)] = (inputs, output)
-
-    def _position_ids(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        if self.job.language_model.position_embedding == "rope":
-            return None
-        return torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
 
     def _loss(self, logits: torch.Tensor, text: TextBatch) -> torch.Tensor:
         labels = text.labels.to(self.device)
@@ -173,7 +190,8 @@ class Engine:
         if op.module != self.lm:
             embeddings, media = self.state.pop((op.module, op.microbatch))
             grad = self.bridge.recv_backward(op.module, op.microbatch, media)
-            torch.autograd.backward(embeddings, grad.to(embeddings.dtype))
+            if embeddings.requires_grad:  # False where the replica had no media (no forward ran)
+                torch.autograd.backward(embeddings, grad.to(embeddings.dtype))
             return
         stage, mb = op.stage, op.microbatch
         inputs, output = self.state.pop((self.lm, mb))

@@ -43,7 +43,7 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         step = row["step"]
-        if step % self.interval == 0 or step == self.total:
+        if step % self.interval == 0 or step == self.total or "valid_loss" in row:
             parts = [
                 f"step {step}/{self.total}",
                 f"loss {row['loss']:.4f}",
@@ -52,6 +52,8 @@ class MetricsLog:
                 f"{row['step_time_s']:.3f} s/step",
                 f"{row['tokens_per_s']:.0f} tok/s",
             ]
+            if "valid_loss" in row:
+                parts.insert(2, f"valid loss {row['valid_loss']:.4f}")
             if row.get("mfu") is not None:
                 parts.append(f"MFU {100 * row['mfu']:.1f}%")
             if row.get("skipped"):

@@ -6,6 +6,10 @@ resume. Each step: zero gradient buffers, run this rank's schedule (forward and 
 every micro-batch), reduce gradients per module, agree on the global gradient norm and on
 inf/nan across all modules, step every module's optimizer (or all skip), log, checkpoint,
 and stop cleanly when a preemption signal arrived anywhere.
+
+With ``train.eval_interval`` the validation loss (forward only, same layout) joins the
+step's metrics row every N steps and at the end; rank 0 then plots the loss curves
+(``curves.png`` in the run directory).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from ..errors import UserError
 from ..run_dir import EXIT_REQUEUE, RunDir
 from .bridge import make_bridge
 from .checkpoint import Checkpointer
-from .data import BatchGeometry, ReplicaData, build_dataset
+from .data import BatchGeometry, ReplicaData, ValidationData, build_dataset
 from .distributed import DistContext
 from .engine import Engine
 from .metrics import MetricsLog, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
 from .p2p import P2P
+from .plot import plot_curves
 from .provider import MimoModelProvider, _module_parts
 from .schedule import build_schedule, roles_of_rank
 
@@ -75,12 +80,22 @@ class Trainer:
             layout, self.p2p, self.pgcs, self.geometry.micro_batch, job.language_model.hidden_size, self.dtype, ctx.device
         )
         replica_of = {name: layout.module_parallelisms[name].coordinates(self.rank)["dp"] for name in self.parts}
-        self.data = ReplicaData(build_dataset(job), job, replica_of)
-        schedules = build_schedule(layout, self.geometry.num_microbatches, self.backward)
-        self.ops = schedules[roles_of_rank(layout, self.rank)]
+        dataset = build_dataset(job)
+        self.bad_samples: int | None = getattr(dataset, "bad_samples", None)  # file datasets count them
+        self.bad_report = dataset.bad_report() if self.bad_samples else ""
+        self.data = ReplicaData(dataset, job, replica_of)
+        roles = roles_of_rank(layout, self.rank)
+        self.ops = build_schedule(layout, self.geometry.num_microbatches, self.backward)[roles]
         self.engine = Engine(
             job, self.model, self.pgcs, self.bridge, self.p2p, self.data, self.backward, self.ops, ctx.device, self.dtype
         )
+        self.validator = None
+        if job.train.eval_interval:
+            forward_ops = build_schedule(layout, self.geometry.num_microbatches, backward=set())[roles]
+            valid = ValidationData(build_dataset(job, "valid"), job, replica_of)
+            self.validator = Engine(
+                job, self.model, self.pgcs, self.bridge, self.p2p, valid, set(), forward_ops, ctx.device, self.dtype
+            )
         self.checkpointer = Checkpointer(run_dir, layout, self.parts, self.optimizers, job.train.keep_checkpoints)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
         self.module_names = list(layout.module_parallelisms)
@@ -95,26 +110,47 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
+        if self.bad_report:
+            self.metrics.say(f"[mimo-toolkit] data: skipping {self.bad_report}")
         self.step = self.resume()
         train = self.job.train
         last_saved = self.step
+        if self.step < train.steps and self._stop_agreed():
+            # Preempted while starting up: nothing new to save unless this is a fresh start.
+            if self.checkpointer.latest() is None:
+                self.save()
+            return self._exit_for_requeue()
         while self.step < train.steps:
             row, stop = self.train_step(self.step)
             self.step += 1
+            if self.validator and not stop and (self.step % train.eval_interval == 0 or self.step == train.steps):
+                row["valid_loss"] = self.validate()
             self.metrics.log(row)
             if stop or (train.save_interval and self.step % train.save_interval == 0):
                 self.save()
                 last_saved = self.step
             if stop:
-                self.metrics.say(f"[mimo-toolkit] {self.ctx.stop_signal or 'stop'} received: saved step {self.step}, exiting for requeue")
-                if self.rank == 0:
-                    self.run_dir.write_exit_status("preempted", step=self.step)
-                return EXIT_REQUEUE
+                return self._exit_for_requeue()
         if last_saved != self.step or self.checkpointer.latest() is None:
             self.save()
         if self.rank == 0:
             self.run_dir.write_exit_status("completed", step=self.step)
+            self.metrics.say(plot_curves(self.run_dir, f"{self.job.recipe}/{self.job.preset}: {self.run_dir.path.name}"))
         return 0
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank got a stop signal (one all-reduce; every rank decides the same)."""
+        flag = torch.tensor([float(self.ctx.stop_requested.is_set())], device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+    def _exit_for_requeue(self) -> int:
+        self.metrics.say(
+            f"[mimo-toolkit] {self.ctx.stop_signal or 'stop'} received: saved step {self.step}, exiting for requeue"
+        )
+        if self.rank == 0:
+            self.run_dir.write_exit_status("preempted", step=self.step)
+        return EXIT_REQUEUE
 
     def train_step(self, step: int) -> tuple[dict, bool]:
         start = time.perf_counter()
@@ -153,7 +189,19 @@ class Trainer:
             "bridge_bytes": consensus.bridge_bytes,
             "skipped": not consensus.finite,
         }
+        if self.bad_samples is not None:
+            row["bad_samples"] = self.bad_samples
         return row, consensus.stop
+
+    def validate(self) -> float:
+        """Mean per-token loss over the whole validation split (forward only, this layout)."""
+        loss_sum, tokens = 0.0, 0
+        for k in range(self.validator.data.steps):
+            out = self.validator.run_step(k)
+            loss_sum, tokens = loss_sum + out.loss_sum, tokens + out.loss_tokens
+        totals = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(totals)  # loss sums come from TP rank 0 of each LLM replica's last stage
+        return totals[0].item() / max(totals[1].item(), 1.0)
 
     # ---- pieces -------------------------------------------------------------------------------
     def _sync_tied_embeddings(self) -> None:
