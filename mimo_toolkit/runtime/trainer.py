@@ -27,7 +27,7 @@ from .checkpoint import Checkpointer
 from .data import BatchGeometry, ReplicaData, ValidationData, build_dataset
 from .distributed import DistContext
 from .engine import Engine
-from .metrics import MetricsLog, slowest_times
+from .metrics import MetricsLog, model_flops_per_step, peak_flops_per_device, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
 from .p2p import P2P
 from .plot import plot_curves
@@ -99,6 +99,8 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, layout, self.parts, self.optimizers, job.train.keep_checkpoints)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
         self.module_names = list(layout.module_parallelisms)
+        self.flops_per_step = model_flops_per_step(job)
+        self.peak_flops = peak_flops_per_device(ctx.device, job.train.precision)
         self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd", "wait")]
         self.counted = {
             name: layout.module_parallelisms[name].coordinates(self.rank) is not None
@@ -184,6 +186,7 @@ class Trainer:
             "module_grad_norm": consensus.module_grad_norms,
             "step_time_s": step_time,
             "tokens_per_s": tokens / step_time,
+            "mfu": self.flops_per_step / (step_time * self.ctx.world_size * self.peak_flops) if self.peak_flops else None,
             "loss_tokens": consensus.loss_tokens,
             "module_time_s": times,
             "bridge_bytes": consensus.bridge_bytes,
