@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """Is the planner honest against measurement? Calibrate once, then predict other layouts.
 
-1. Calibrate on ONE layout (llava tiny, homogeneous tp1 on 1 process: module times with no
-   communication in them) with ``mimo-toolkit calibrate``'s library call, or load --profile.
-2. Run each layout below as a real job on this machine, --repeats times, interleaved (a burst
-   of load from other processes then hits different layouts), each on a quiet machine.
-3. Print the planner's prediction (``evaluate_layout`` on the calibrated CPU machine) against
-   the median of the runs' median step times, the spread of those medians (run-to-run noise),
-   the error, and whether ordering the layouts by prediction gives the measured order.
+The machine drifts (a 1-process step takes 85 ms in one quarter of an hour, 105 ms in the
+next), so calibration and validation are measured in the same rounds, and fitted once:
 
-    python scripts/bench_planner_accuracy.py                     # ~6 minutes on 2 cores
-    python scripts/bench_planner_accuracy.py --profile calib.json --repeats 3
+  each round: the gloo all-reduce timing; the CALIBRATION layout (llava tiny, homogeneous
+  tp1 on 1 process: module times with no communication in them) at micro-batch 2 and 1;
+  every layout of LAYOUTS once (fresh runs, the calibration layout among them).
+
+Then ONE profile is fitted from the calibration layout's runs of all rounds (what
+``mimo-toolkit calibrate`` does with one round), and for every layout the planner's
+prediction (``evaluate_layout`` on the calibrated CPU machine) is printed against the median
+of its runs' median step times, the spread of those medians (run-to-run noise), the error,
+and whether ordering the layouts by prediction gives the measured order. Each run waits for
+a quiet machine and is repeated (up to 3 times) if other processes disturbed it.
+
+    python scripts/bench_planner_accuracy.py                 # 3 rounds: ~5 minutes on 2 cores
+    python scripts/bench_planner_accuracy.py --profile calib.json --rounds 2
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mimo_toolkit.planner.calibration import compare_step_times, load_profile, machine_from_profile
+from mimo_toolkit.planner.calibration import ProfileComm, compare_step_times, load_profile, machine_from_profile
 from mimo_toolkit.planner.candidate import evaluate_layout
-from mimo_toolkit.planner.measure import TimedRun, calibrate, quiet_run, run_training
+from mimo_toolkit.planner.measure import TimedRun, fit_profile, measure_comm, quiet_run, run_training, wait_until_quiet
 from mimo_toolkit.planner.workload import make_problem
 from mimo_toolkit.resolve import resolve_job
 
@@ -43,9 +50,10 @@ def hetero(procs: int, **modules: str) -> list[str]:
 #: (name, recipe, overrides of the tiny preset): layouts whose step times differ clearly.
 LAYOUTS = [
     ("homogeneous tp1 dp2, 2 procs", "llava", ["layout.mode=homogeneous", "layout.llm.tp=1"]),
-    ("homogeneous tp1, 1 proc", "llava", CALIBRATION[1]),
+    ("homogeneous tp1, 1 proc (calibrated)", "llava", CALIBRATION[1]),
     ("heterogeneous vision[0] llm[1]", "llava", hetero(2, vision="1,1,1,0", llm="1,1,1,1")),
     ("colocated llm tp2 + vision dp2", "llava", []),
+    ("colocated llm pp2 + vision dp2", "llava", ["layout.llm.tp=1", "layout.llm.pp=2"]),
     ("homogeneous tp2, 2 procs", "llava", ["layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2"]),
 ]
 
@@ -80,45 +88,81 @@ def ranking(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=values.__getitem__)
 
 
+def timed(recipe: str, sets: list[str], steps: int, run_dir: Path, echo) -> TimedRun:
+    procs = resolve_job(recipe, "tiny", sets=sets).world_size
+    return quiet_run(lambda: run_training(recipe, "tiny", sets, steps, run_dir), procs, echo, attempts=3, wait_s=120)
+
+
+def measure_rounds(rounds: int, steps: int, calibrating: bool, echo):
+    """(comm figures, calibration runs by micro-batch size, validation runs by layout) of every round."""
+    comms, calibration, validation = [], {2: [], 1: []}, [[] for _ in LAYOUTS]
+    with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
+        work = Path(tmp)
+        for r in range(rounds):
+            echo(f"round {r + 1}/{rounds}")
+            if calibrating:
+                wait_until_quiet(120)
+                comms.append(measure_comm(work))
+                for mbs, runs in calibration.items():
+                    sets = [*CALIBRATION[1], f"train.micro_batch_size={mbs}"]
+                    runs.append(timed(CALIBRATION[0], sets, steps, work / f"calibration-{r}-{mbs}", echo))
+                    echo(f"  calibration, micro-batch {mbs}: {runs[-1].median_step_s() * 1e3:.1f} ms/step")
+            for i, (name, recipe, sets) in enumerate(LAYOUTS):
+                validation[i].append(timed(recipe, sets, steps, work / f"{r}-{i}", echo))
+                run = validation[i][-1]
+                echo(f"  {name}: {run.median_step_s() * 1e3:.1f} ms/step (others' CPU {run.foreign_load:.0%})")
+    return comms, calibration, validation
+
+
+def median_comm(comms: list[ProfileComm]) -> ProfileComm:
+    return ProfileComm(intra_node_bytes_per_s=statistics.median(c.intra_node_bytes_per_s for c in comms),
+                       latency_s=statistics.median(c.latency_s for c in comms))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", help="use this profile instead of calibrating")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per layout (default 2)")
-    parser.add_argument("--steps", type=int, default=14, help="steps per run, 2 of them warm-up (default 14)")
-    parser.add_argument("--out", default="calibration-bench.json", help="where the calibration is written")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of runs (default 3)")
+    parser.add_argument("--steps", type=int, default=12, help="steps per run, 2 of them warm-up (default 12)")
+    parser.add_argument("--out", help="also write the fitted profile here")
     args = parser.parse_args()
 
     def echo(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    started = time.monotonic()
+    comms, calibration, validation = measure_rounds(args.rounds, args.steps, not args.profile, echo)
     if args.profile:
         profile = load_profile(args.profile)
     else:
-        result = calibrate(CALIBRATION[0], "tiny", CALIBRATION[1], echo=echo)
-        profile = result.profile
-        Path(args.out).write_text(profile.to_json())
-        echo(f"calibrated in {result.seconds:.0f} s on llava tiny, {' '.join(CALIBRATION[1])}; wrote {args.out}")
-    rows = [Row(name, predict(profile, recipe, sets), []) for name, recipe, sets in LAYOUTS]
-    with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
-        for repeat in range(args.repeats):
-            for row, (name, recipe, sets) in zip(rows, LAYOUTS):
-                procs = resolve_job(recipe, "tiny", sets=sets).world_size
-                run = quiet_run(lambda: run_training(recipe, "tiny", sets, args.steps, Path(tmp) / f"{repeat}-{name}"),
-                                procs, echo, attempts=3)
-                row.runs.append(run)
-                echo(f"  {name}: {run.median_step_s() * 1e3:.1f} ms/step (others' CPU {run.foreign_load:.0%})")
-    print(f"\n{'layout':34s} {'predicted':>10s} {'measured':>10s} {'spread':>17s} {'error':>7s}")
+        provenance = {"sets": " ".join(CALIBRATION[1]), "threads_per_process": "1", "rounds": str(args.rounds)}
+        profile = fit_profile([calibration[2], calibration[1]], median_comm(comms), provenance)
+        if args.out:
+            Path(args.out).write_text(profile.to_json())
+    rows = [Row(name, predict(profile, recipe, sets), runs) for (name, recipe, sets), runs in zip(LAYOUTS, validation)]
+    report(rows, profile, time.monotonic() - started)
+
+
+def report(rows: list[Row], profile, seconds: float) -> None:
+    rates = ", ".join(f"{k} {m.flops_per_s / 1e9:.3g} GFLOP/s + {m.seconds_per_micro_batch * 1e3:.2f} ms/micro-batch"
+                      for k, m in sorted(profile.modules.items()))
+    print(f"profile: {rates}; all-reduce {profile.comm.intra_node_bytes_per_s / 1e9:.2f} GB/s, "
+          f"{profile.comm.latency_s * 1e6:.0f} us/hop; step overhead {profile.step_overhead_s * 1e3:.1f} ms")
+    print(f"\n{'layout':38s} {'predicted':>10s} {'measured':>10s} {'spread of runs':>17s} {'error':>7s}")
     for row in rows:
         spread = f"{min(row.medians) * 1e3:.1f}-{max(row.medians) * 1e3:.1f} ms"
-        print(f"{row.name:34s} {row.predicted_s * 1e3:8.1f}ms {row.measured_s * 1e3:8.1f}ms {spread:>17s} "
+        print(f"{row.name:38s} {row.predicted_s * 1e3:8.1f}ms {row.measured_s * 1e3:8.1f}ms {spread:>17s} "
               f"{row.error:+7.1%}")
     by_prediction = ranking([r.predicted_s for r in rows])
     by_measurement = ranking([r.measured_s for r in rows])
-    worst = max(abs(r.error) for r in rows)
     print(f"\nranking by prediction:  {' < '.join(rows[i].name for i in by_prediction)}")
     print(f"ranking by measurement: {' < '.join(rows[i].name for i in by_measurement)}")
+    close = [f"{a.name} / {b.name}" for i, a in enumerate(rows) for b in rows[i + 1:]
+             if min(a.medians) <= max(b.medians) and min(b.medians) <= max(a.medians)]
     print(f"same ranking: {'yes' if by_prediction == by_measurement else 'NO'}; "
-          f"largest error {worst:.1%} (target 20%)")
+          f"largest error {max(abs(r.error) for r in rows):.1%} (target 20%); {seconds / 60:.1f} minutes")
+    if close:
+        print(f"pairs whose runs overlap (their order is within the noise): {'; '.join(close)}")
 
 
 if __name__ == "__main__":

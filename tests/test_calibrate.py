@@ -79,7 +79,7 @@ def test_fit_recovers_the_profile_and_its_predictions(sets, other):
     """Two micro-batch sizes of one layout give back rates, fixed costs and overhead, whether
     or not the timed layout communicates (tp2: its collectives are taken off first)."""
     comm = TRUTH.comm
-    fitted = fit_profile([_timed_run(sets, 2), _timed_run(sets, other)], comm, {"threads_per_process": "1"})
+    fitted = fit_profile([[_timed_run(sets, 2)], [_timed_run(sets, other)]], comm, {"threads_per_process": "1"})
     for kind in ("vision", "llm"):
         assert fitted.modules[kind].seconds_per_micro_batch == pytest.approx(
             TRUTH.modules[kind].seconds_per_micro_batch, rel=1e-6)
@@ -142,7 +142,7 @@ def test_quiet_run_repeats_a_disturbed_run(monkeypatch):
 
 def test_cpu_plan_with_a_fitted_profile(tmp_path):
     path = tmp_path / "calib.json"
-    path.write_text(fit_profile([_timed_run(ONE_PROCESS, 2), _timed_run(ONE_PROCESS, 1)], TRUTH.comm, {}).to_json())
+    path.write_text(fit_profile([[_timed_run(ONE_PROCESS, 2)], [_timed_run(ONE_PROCESS, 1)]], TRUTH.comm, {}).to_json())
     result = CliRunner().invoke(cli, ["plan", "llava", "--preset", "tiny", "--gpu", "cpu", "--profile", str(path)])
     assert result.exit_code == 0, result.output
     assert "homogeneous" in result.output
@@ -153,7 +153,7 @@ def test_calibrate_command_writes_a_profile_plan_uses(tmp_path):
     """One real calibration (two short runs of a 1-process job and the gloo timing)."""
     out = tmp_path / "calib.json"
     result = CliRunner().invoke(cli, ["calibrate", "llava", *[a for s in ONE_PROCESS for a in ("--set", s)],
-                                      "--steps", "5", "--out", str(out)])
+                                      "--steps", "5", "--repeats", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     profile = load_profile(out)
     assert set(profile.modules) == {"vision", "llm"} and profile.machine.device == "cpu"

@@ -109,17 +109,30 @@ def test_scontrol_requeue_resumes_exactly(slurm_cluster, tmp_path):
     assert_same_losses(losses, reference.losses, tol=1e-6)
 
 
+def training_steps_per_second(tmp_path: Path) -> float:
+    """How fast this machine trains the 2-node tiny job (machines differ by 2x and more)."""
+    run_dir = tmp_path / "speed"
+    job = submit(run_dir, "train.steps=40", "train.save_interval=0")
+    assert wait_state(job) == "COMPLETED"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return (rows[-1]["step"] - rows[9]["step"]) / (rows[-1]["time"] - rows[9]["time"])
+
+
 def test_time_limit_signal_requeues_and_completes(slurm_cluster, tmp_path):
-    """A 3-minute limit with --signal=B:USR2@100: Slurm warns the batch script about 100 s
-    before the limit, the ranks save, the script requeues, the next attempt resumes."""
+    """A 3-minute limit with --signal=B:USR2@100: Slurm warns the batch script 80-110 s into
+    the attempt, the ranks save, the script requeues, the next attempt resumes and completes.
+    The job gets ~150 s of this machine's training, so that no machine finishes it before the
+    warning and a later attempt (each has ~70 s before its own warning) completes it."""
+    steps = max(300, round(training_steps_per_second(tmp_path) * 150))
     run_dir = tmp_path / "run"
-    job = submit(run_dir, "train.steps=300", "train.save_interval=0", "cluster.time=00:03:00",
+    job = submit(run_dir, f"train.steps={steps}", "train.save_interval=0", "cluster.time=00:03:00",
                  "cluster.signal=USR2@100", "cluster.max_restarts=5")
     assert wait_state(job, timeout=900) == "COMPLETED"
     logs = "".join(p.read_text() for p in sorted((run_dir / "logs").glob("slurm-*.out")))
     assert "received SIGUSR2" in logs and "preempted; requeueing" in logs, logs[-3000:]
-    assert "resumed from step" in logs
-    assert steps_logged(run_dir) == list(range(1, 301))
+    saved = re.search(r"SIGUSR2 received: saved step (\d+)", logs)
+    assert saved and f"resumed from step {saved.group(1)}" in logs, logs[-3000:]
+    assert steps_logged(run_dir) == list(range(1, steps + 1))
 
 
 def test_killed_rank_fails_the_job_and_is_named(slurm_cluster, tmp_path):

@@ -14,20 +14,24 @@ from .common import Command
 @click.option("--preset", "-p", metavar="NAME", default="tiny", show_default=True, help="Preset of the recipe.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config field (e.g. the layout to time), as for train and plan.")
-@click.option("--steps", type=click.IntRange(min=4), default=12, show_default=True,
+@click.option("--steps", type=click.IntRange(min=4), default=10, show_default=True,
               help="Steps per timed run (the first 2 are warm-up).")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Runs at each of the two micro-batch sizes (their median is fitted).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch threads per process (MIMO_CPU_THREADS); the profile holds for this count.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="calibration.json", show_default=True,
               help="Where to write the profile.")
-def calibrate(recipe: str, preset: str, sets: tuple[str, ...], steps: int, threads: int, out: str) -> None:
+def calibrate(recipe: str, preset: str, sets: tuple[str, ...], steps: int, repeats: int, threads: int,
+              out: str) -> None:
     """Time RECIPE's job on this machine's CPU and write a calibration profile for `plan --profile`.
 
     Runs the job (its layout, or the one --set chooses) for --steps steps at its micro-batch
-    size and at another one, times gloo all-reduces between two processes, and fits per
-    module kind a FLOP rate and a fixed cost per micro-batch, the collective bandwidth and
-    latency, and the step's remaining overhead (docs/planner.md, "Calibration"). About 30 s
-    for a tiny preset; it waits for a quiet machine and repeats a disturbed run once.
+    size and at another one, --repeats times each, times gloo all-reduces between two
+    processes, and fits per module kind a FLOP rate and a fixed cost per micro-batch, the
+    collective bandwidth and latency, and the step's remaining overhead (docs/planner.md,
+    "Calibration"). About 45 s for a tiny preset; it waits for a quiet machine and repeats a
+    run that other processes disturbed.
 
     \b
     Example:
@@ -40,7 +44,7 @@ def calibrate(recipe: str, preset: str, sets: tuple[str, ...], steps: int, threa
     def echo(line: str) -> None:
         click.echo(line, err=True)
 
-    result = measure(recipe, preset, sets, steps=steps, threads=threads, echo=echo)
+    result = measure(recipe, preset, sets, steps=steps, repeats=repeats, threads=threads, echo=echo)
     Path(out).write_text(result.profile.to_json())
     profile = result.profile
     for kind, rate in sorted(profile.modules.items()):

@@ -1,9 +1,10 @@
 """Timed runs on this machine: what ``mimo-toolkit calibrate`` measures (CPU, gloo).
 
-:func:`calibrate` times the job's own layout twice, at its micro-batch size and at another
-one (same samples, a different number of micro-batches, which separates each module's fixed
-cost per micro-batch from its FLOP rate), times gloo all-reduces between two processes
-(``commbench.py``), and fits a profile (``calibration.profile_from_timings``).
+:func:`calibrate` times the job's own layout at its micro-batch size and at another one
+(same samples, a different number of micro-batches, which separates each module's fixed
+cost per micro-batch from its FLOP rate), each twice and interleaved (one run can be 10-20%
+off the next on a VM), times gloo all-reduces between two processes (``commbench.py``), and
+fits a profile (``calibration.profile_from_timings``).
 
 Training runs go through torchrun into the real entry point (``mimo_toolkit.train``), one
 thread per process unless told otherwise (``MIMO_CPU_THREADS``): a profile holds for the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -129,16 +131,21 @@ def _env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[float, float]:
-    """Run ``cmd`` with its output in ``log``; (foreign load, wall seconds). Failures are UserErrors."""
+    """Run ``cmd`` (its own process group) with its output in ``log``; (foreign load, wall
+    seconds). A failure or a timeout is a UserError with the end of the output."""
     start = time.monotonic()
     with CpuMeter() as meter, log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise UserError(f"timed run exceeded {timeout:.0f} s (log: {log})") from None
-    if proc.returncode:
-        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        raise UserError(f"timed run failed with exit code {proc.returncode} (log: {log}):\n" + "\n".join(tail))
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
+            proc.wait()
+            code = None
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:])
+        what = f"exceeded {timeout:.0f} s" if code is None else f"failed with exit code {code}"
+        raise UserError(f"timed run {what}; the end of its output:\n{tail}")
     return meter.foreign, time.monotonic() - start
 
 
@@ -211,27 +218,30 @@ def memory_per_process_gib(procs: int) -> float:
     return kib / (1 << 20) / max(procs, 1)
 
 
-def fit_profile(runs: Sequence[TimedRun], comm: ProfileComm, provenance: dict[str, str]) -> CalibrationProfile:
-    """The profile of ``runs`` (one layout at different micro-batch sizes, the first the
-    calibrated job): module times less the communication they include, split into a fixed
-    cost per micro-batch and a FLOP rate per module, then the step overhead of the first run."""
-    first = runs[0].job
+def fit_profile(groups: Sequence[Sequence[TimedRun]], comm: ProfileComm, provenance: dict[str, str]) -> CalibrationProfile:
+    """The profile of timed runs of one layout: ``groups`` of repeated runs at different
+    micro-batch sizes, the first the calibrated job's own. Per group, the median over its runs
+    of each module's time, less the communication it includes; split into a fixed cost per
+    micro-batch and a FLOP rate per module; then the step overhead of the first group."""
+    first = groups[0][0].job
     memory = memory_per_process_gib(first.cluster.procs_per_node)
     comm_machine = machine_from_profile(
         CalibrationProfile(machine=ProfileMachine(device="cpu", memory_gib=memory), comm=comm), "(comm only)")
-    compute = []
-    for run in runs:
-        measured, comm_s = run.module_seconds(), communication_in_timings(run.job, comm_machine)
-        compute.append({n: max(measured[n] - comm_s[n], 0.05 * measured[n]) for n in measured})
-    fixed = {}
-    for name in compute[0]:
-        points = [(micro_batch_counts(r.job)[name], work_flops_per_rank(r.job)[name], c[name])
-                  for r, c in zip(runs, compute)]
-        fixed[name] = split_micro_batch_cost(points)[0]
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    compute_first: dict[str, float] = {}
+    for runs in groups:
+        job = runs[0].job
+        comm_s, counts, flops = communication_in_timings(job, comm_machine), micro_batch_counts(job), work_flops_per_rank(job)
+        for name in comm_s:
+            measured = statistics.median(run.module_seconds()[name] for run in runs)
+            compute = max(measured - comm_s[name], 0.05 * measured)
+            points.setdefault(name, []).append((counts[name], flops[name], compute))
+            compute_first.setdefault(name, compute)
+    fixed = {name: split_micro_batch_cost(p)[0] for name, p in points.items()}
+    steps = [s for run in groups[0] for s in run.step_seconds()[WARMUP:]]
     description = f"{_cores()} CPU cores, gloo, {provenance.get('threads_per_process', '1')} thread(s) per process"
-    return profile_from_timings(first, "cpu", compute[0], runs[0].step_seconds(), memory_gib=memory,
-                                description=description, warmup=WARMUP, micro_batch_seconds=fixed, comm=comm,
-                                provenance=provenance)
+    return profile_from_timings(first, "cpu", compute_first, steps, memory_gib=memory, description=description,
+                                warmup=0, micro_batch_seconds=fixed, comm=comm, provenance=provenance)
 
 
 @dataclass
@@ -241,28 +251,32 @@ class Calibration:
     seconds: float
 
 
-def calibrate(recipe: str, preset: str | None, sets: Sequence[str], steps: int = 12, threads: int = 1,
-              echo: Echo = print) -> Calibration:
-    """Measure this machine for ``recipe``/``preset`` with ``sets`` (see the module docstring)."""
+def calibrate(recipe: str, preset: str | None, sets: Sequence[str], steps: int = 10, repeats: int = 2,
+              threads: int = 1, echo: Echo = print) -> Calibration:
+    """Measure this machine for ``recipe``/``preset`` with ``sets`` (see the module docstring):
+    ``repeats`` runs at each of two micro-batch sizes, interleaved, and the gloo timing."""
     start = time.monotonic()
     resolved = resolve_job(recipe, preset, sets=list(sets))
     base = resolved.config
-    other = other_micro_batch(recipe, preset, sets, base)
+    sizes = (base.train.micro_batch_size, other_micro_batch(recipe, preset, sets, base))
+    groups: dict[int, list[TimedRun]] = {mbs: [] for mbs in sizes}
     with tempfile.TemporaryDirectory(prefix="mimo-calibrate-") as tmp:
         work = Path(tmp)
         echo("timing gloo all-reduces between 2 processes")
         wait_until_quiet(10)
         comm = measure_comm(work, threads)
-        runs = []
-        for mbs in (base.train.micro_batch_size, other):
-            echo(f"timing {recipe}:{base.preset} ({base.layout.deployment_mode}, micro-batch {mbs}), {steps} steps")
-            run_sets = [*sets, f"train.micro_batch_size={mbs}"]
-            runs.append(quiet_run(lambda s=run_sets, d=work / f"mbs{mbs}": run_training(
-                recipe, preset, s, steps, d, threads), resolved.world_size, echo))
+        for repeat in range(repeats):
+            for mbs in sizes:
+                echo(f"timing {recipe}:{base.preset} ({base.layout.deployment_mode}, micro-batch {mbs}), "
+                     f"{steps} steps, run {repeat + 1}/{repeats}")
+                run_sets = [*sets, f"train.micro_batch_size={mbs}"]
+                groups[mbs].append(quiet_run(lambda s=run_sets, d=work / f"mbs{mbs}-{repeat}": run_training(
+                    recipe, preset, s, steps, d, threads), resolved.world_size, echo))
+    runs = [run for mbs in sizes for run in groups[mbs]]
     provenance = {
         "sets": " ".join(sets), "threads_per_process": str(threads), "cores": str(_cores()),
-        "micro_batch_sizes": f"{base.train.micro_batch_size},{other}", "steps": str(steps),
+        "micro_batch_sizes": ",".join(map(str, sizes)), "steps": str(steps), "repeats": str(repeats),
         "foreign_load": ",".join(f"{r.foreign_load:.2f}" for r in runs),
     }
-    profile = fit_profile(runs, comm, provenance)
+    profile = fit_profile([groups[mbs] for mbs in sizes], comm, provenance)
     return Calibration(profile, runs, time.monotonic() - start)
