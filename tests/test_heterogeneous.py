@@ -16,6 +16,9 @@ import pytest
 from dist_support import kill_group, run_job, start_job, wait_for_step, worker_pid
 from test_runtime import HOMOGENEOUS_TP1, assert_same_losses
 
+from mimo_toolkit.resolve import resolve_job
+from mimo_toolkit.runtime.schedule import build_schedule
+
 pytestmark = pytest.mark.slow
 
 STEPS = ["train.steps=6"]
@@ -142,3 +145,17 @@ def test_nonfinite_gradients_skip_the_step_on_every_rank(tmp_path):
         for key, value in step4["model"].items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, step2["model"][key]), f"{module}.{key} changed in a skipped step"
+
+
+def test_colocated_encoders_let_a_pipelined_llm_pipeline():
+    """Colocated encoder operations are gangs over every rank: in micro-batch order they would
+    push one micro-batch through the whole LLM pipeline before the next. Their forwards go
+    first, so stage 0 starts micro-batch 1 before micro-batch 0's backward (1F1B warm-up)."""
+    layout = resolve_job("llava", "tiny", sets=["layout.llm.tp=1", "layout.llm.pp=2"]).config.layout
+    lists = {min(r[1] for r in roles if r[0] == "llm"): [str(op) for op in ops]
+             for roles, ops in build_schedule(layout, 4, {"vision", "llm"}).items()}
+    first = lists[0]
+    assert first[:3] == ["F(vision,0)", "F(vision,1)", "F(vision,2)"], first
+    assert first.index("F(llm,1)") < first.index("B(llm,0)"), first
+    # Every rank still runs the gang operations in the same order.
+    assert [x for x in first if "vision" in x] == [x for x in lists[1] if "vision" in x]

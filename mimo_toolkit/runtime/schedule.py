@@ -10,6 +10,11 @@ and every rank gets the list of operations of its roles:
 * 1F1B: a role at position ``k`` keeps at most ``depth - k`` micro-batches in flight, and a
   ready backward goes before a forward. Encoders therefore run micro-batch ``i+1`` while the
   LLM runs ``i``; forward-only (frozen) encoders run ahead freely.
+* Colocated (or homogeneous) encoders with a pipelined LLM: an encoder operation is a gang
+  over every rank, so taken in micro-batch order it would stop all LLM stages each time and
+  run one micro-batch through the whole pipeline before the next (no pipelining at all).
+  There the encoders' forwards go first (up to their in-flight limit), so the LLM stages
+  then run a real 1F1B pipeline on the embeddings already made.
 
 The lists come from a deterministic list-scheduling simulation that every rank runs
 identically. An operation is a gang over all ranks holding its role (so the collectives
@@ -65,6 +70,7 @@ class _Simulation:
         world = layout.world_size()
         self.workers = sorted({roles_of_rank(layout, r) for r in range(world)}, key=sorted)
         self.members = {role: [w for w in self.workers if role in w] for role in self.roles}
+        self.encoders_first = layout.deployment_mode != "heterogeneous" and self.pp > 1
 
     def position(self, role: Role) -> int:
         return 0 if role[0] != self.lm else self.offset + role[1]
@@ -127,7 +133,8 @@ class _Simulation:
                     yield op
 
     def _priority(self, op: Op):
-        return (op.kind != "B", op.microbatch, -self.position((op.module, op.stage)))
+        encoder_forward = self.encoders_first and op.kind == "F" and op.module != self.lm
+        return (not encoder_forward, op.kind != "B", op.microbatch, -self.position((op.module, op.stage)))
 
 
 def build_schedule(layout: MimoParallelismConfig, microbatches: int, backward: set[str]) -> dict[frozenset[Role], list[Op]]:
