@@ -61,6 +61,11 @@ def med(rows: list[dict], key) -> float:
     return statistics.median(key(r) for r in rows)
 
 
+def work_s(row: dict, module: str) -> float:
+    """A module's forward + backward seconds in one step's metrics row."""
+    return row["module_time_s"][f"{module}/fwd"] + row["module_time_s"][f"{module}/bwd"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=12, help="timed steps (after 2 warm-up steps)")
@@ -73,7 +78,7 @@ def main() -> None:
         side_by_side = [rows[2:] for rows in pool.map(lambda _: run([*sets, *ALONE], 1), range(2))]
 
     def module_s(rows: list[dict], module: str) -> float:
-        return med(rows, lambda r: r["module_time_s"][f"{module}/fwd"] + r["module_time_s"][f"{module}/bwd"])
+        return med(rows, lambda r: work_s(r, module))
 
     enc, llm = module_s(alone, "vision"), module_s(alone, "llm")
     enc_pair = statistics.median(module_s(rows, "vision") for rows in side_by_side)
@@ -85,11 +90,11 @@ def main() -> None:
           f"(step {t_alone * 1000:.0f} ms; encoder/LLM cost ratio {enc / llm:.2f})")
     print(f"heterogeneous (2 processes): step {t_het * 1000:.0f} ms")
     for module, solo in (("vision", enc), ("llm", llm)):
-        busy = med(het, lambda r: (r["module_time_s"][f"{module}/fwd"] + r["module_time_s"][f"{module}/bwd"]) / r["step_time_s"])
+        busy = med(het, lambda r: work_s(r, module) / r["step_time_s"])
         print(f"  {module:6s} busy {busy:5.1%}  idle {1 - busy:5.1%} of the step "
               f"({busy * t_het * 1000:.0f} ms of work that takes {solo * 1000:.0f} ms alone)")
     print(f"two 1-process jobs side by side: encoder {enc_pair * 1000:.0f} ms, LLM {llm_pair * 1000:.0f} ms "
-          f"(+{(enc_pair + llm_pair) / (enc + llm) - 1:.0%}: the machine's cost of a busy neighbour)")
+          f"({(enc_pair + llm_pair) / (enc + llm) - 1:+.0%}: the machine's cost of a busy neighbour)")
     print(f"overlap = ({enc * 1000:.0f} + {llm * 1000:.0f}) / {t_het * 1000:.0f} = {(enc + llm) / t_het:.2f} "
           f"(ideal 2*8/9 = 1.78, target >= 1.6)")
     print(f"overlap against the side-by-side times = ({enc_pair * 1000:.0f} + {llm_pair * 1000:.0f}) / "
