@@ -6,7 +6,7 @@ config as JSON beside the rendered launch files; the in-job entrypoint reads tha
 with :func:`JobConfig.from_dict`, so a job runs exactly what was rendered.
 
 Everything here is plain Python. Model architectures are described as dataclasses; the
-runtime (``mimo_toolkit.runtime.specs``) turns them into megatron-core configs and
+runtime (``mimo_toolkit.runtime.model.specs``) turns them into megatron-core configs and
 ModuleSpecs. Field docstrings are the user-facing documentation of each ``--set`` key.
 """
 

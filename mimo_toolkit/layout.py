@@ -10,7 +10,7 @@ with ``dim_names=["tp", "cp", "dp", "pp"]``). Three deployment modes place the g
 * ``heterogeneous``: modules own disjoint rank ranges that tile ``[0, world)`` exactly.
 
 This module imports neither torch nor megatron; the runtime builds its HyperCommGrids from
-the same numbers (``mimo_toolkit.runtime.grids``), and the rank map printed by
+the same numbers (``mimo_toolkit.runtime.parallel.grids``), and the rank map printed by
 ``mimo-toolkit show`` is computed by the same :meth:`ModuleParallelismConfig.coordinates`.
 """
 

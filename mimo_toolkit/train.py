@@ -99,8 +99,8 @@ def main(config: str, run_dir: str) -> int:
         os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     import torch
 
-    from .runtime.distributed import failure_board, init_distributed
-    from .runtime.trainer import Trainer
+    from .runtime.parallel.distributed import failure_board, init_distributed
+    from .runtime.train.trainer import Trainer
 
     if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -32,11 +32,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from mimo_toolkit.resolve import resolve_job  # noqa: E402
 from mimo_toolkit.run_dir import RunDir  # noqa: E402
-from mimo_toolkit.runtime.data import BatchGeometry, ReplicaData, build_dataset  # noqa: E402
-from mimo_toolkit.runtime.distributed import init_distributed  # noqa: E402
-from mimo_toolkit.runtime.provider import MimoModelProvider  # noqa: E402
-from mimo_toolkit.runtime.specs import ENCODER_KEY  # noqa: E402
-from mimo_toolkit.runtime.trainer import Trainer  # noqa: E402
+from mimo_toolkit.runtime.datasets import build_dataset  # noqa: E402
+from mimo_toolkit.runtime.datasets.batching import BatchGeometry, ReplicaData  # noqa: E402
+from mimo_toolkit.runtime.model.provider import MimoModelProvider  # noqa: E402
+from mimo_toolkit.runtime.model.specs import ENCODER_KEY  # noqa: E402
+from mimo_toolkit.runtime.parallel.distributed import init_distributed  # noqa: E402
+from mimo_toolkit.runtime.train.trainer import Trainer  # noqa: E402
 
 DEFAULT_SETS = [
     "layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1", "cluster.procs_per_node=1",

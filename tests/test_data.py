@@ -17,10 +17,11 @@ from PIL import Image
 
 from mimo_toolkit.errors import UserError
 from mimo_toolkit.resolve import resolve_job
-from mimo_toolkit.runtime.data import ReplicaData, ValidationData, build_dataset, sample_index
-from mimo_toolkit.runtime.datasets import DataError, build_file_dataset, load_tokenizer
+from mimo_toolkit.runtime.datasets import build_dataset, build_file_dataset
+from mimo_toolkit.runtime.datasets.batching import ReplicaData, ValidationData, sample_index
+from mimo_toolkit.runtime.datasets.llava_json import DataError
 from mimo_toolkit.runtime.datasets.media import load_image, log_mel, mel_band_edges, mel_filterbank
-from mimo_toolkit.runtime.datasets.tokenizers import ByteTokenizer
+from mimo_toolkit.runtime.datasets.tokenizers import ByteTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, AUDIO = -200, -300

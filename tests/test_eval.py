@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_support import run_job
-from mimo_toolkit.runtime.init import shard
-from mimo_toolkit.runtime.reshard import merge_shards, unshard
+
+from mimo_toolkit.runtime.eval.reshard import merge_shards, unshard
+from mimo_toolkit.runtime.model.init import shard
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(Path(sys.executable).parent / "mimo-toolkit")
@@ -90,7 +90,7 @@ def data_sets(data: Path) -> list[str]:
 def evaluate(run_dir: Path, **kwargs) -> dict:
     """``mimo-toolkit eval`` in this process (one gloo rank, torn down afterwards)."""
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
-    from mimo_toolkit.runtime.evaluate import evaluate_run
+    from mimo_toolkit.runtime.eval.evaluate import evaluate_run
 
     return evaluate_run(str(run_dir), **kwargs)
 

@@ -12,12 +12,11 @@ import signal
 import time
 
 import pytest
-
 from dist_support import kill_group, run_job, start_job, wait_for_step, worker_pid
 from test_runtime import HOMOGENEOUS_TP1, assert_same_losses
 
 from mimo_toolkit.resolve import resolve_job
-from mimo_toolkit.runtime.schedule import build_schedule
+from mimo_toolkit.runtime.train.schedule import build_schedule
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,6 @@ import textwrap
 
 import pytest
 import torch
-
 from dist_support import run_job, start_job, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -81,7 +80,7 @@ def _initial_weights(tmp_path, module: str) -> dict:
         os.environ["TORCH_COMPILE_DISABLE"] = "1"
         dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
         from mimo_toolkit.resolve import load_manifest
-        from mimo_toolkit.runtime.provider import MimoModelProvider, _module_parts
+        from mimo_toolkit.runtime.model.provider import MimoModelProvider, _module_parts
         job = load_manifest(json.load(open("{tmp_path}/job.json"))).config
         job.layout.deployment_mode = "homogeneous"
         for m in job.layout.module_parallelisms.values():

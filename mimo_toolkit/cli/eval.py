@@ -31,7 +31,7 @@ def eval_command(run_dir: str, data: str | None, ablate: str | None, limit: int 
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")  # megatron-core's torch.compile: slow on CPU, no gain here
     with warnings.catch_warnings():  # megatron-core's import-time notices (experimental APIs, no apex)
         warnings.simplefilter("ignore", UserWarning)
-        from ..runtime.evaluate import evaluate_run
+        from ..runtime.eval.evaluate import evaluate_run
 
         result = evaluate_run(run_dir, data=data, ablate=ablate, limit=limit)
     click.echo("\n".join(report_lines(result)))

@@ -33,9 +33,9 @@ import torch
 
 from ...config import AudioEncoder, JobConfig, VisionEncoder
 from ...errors import UserError
-from ..data import PAD_ID, Sample
 from . import media as media_io
 from .chat import Placeholder, Template
+from .sample import PAD_ID, Sample
 from .tokenizers import Tokenizer
 
 #: encoder kind -> (record key, tag in the text)

@@ -19,19 +19,20 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..config import JobConfig
-from ..errors import UserError
-from ..run_dir import EXIT_REQUEUE, RunDir
-from .bridge import make_bridge
+from ...config import JobConfig
+from ...errors import UserError
+from ...run_dir import EXIT_REQUEUE, RunDir
+from ..datasets import build_dataset
+from ..datasets.batching import BatchGeometry, ReplicaData, ValidationData
+from ..eval.plot import plot_curves
+from ..model.provider import MimoModelProvider, _module_parts
+from ..parallel.bridge import make_bridge
+from ..parallel.distributed import DistContext
+from ..parallel.p2p import P2P
 from .checkpoint import Checkpointer
-from .data import BatchGeometry, ReplicaData, ValidationData, build_dataset
-from .distributed import DistContext
 from .engine import Engine
 from .metrics import MetricsLog, model_flops_per_step, peak_flops_per_device, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
-from .p2p import P2P
-from .plot import plot_curves
-from .provider import MimoModelProvider, _module_parts
 from .schedule import build_schedule, roles_of_rank
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..run_dir import RunDir, write_json_atomic
+from ...run_dir import RunDir, write_json_atomic
 
 LATEST = "latest"
 

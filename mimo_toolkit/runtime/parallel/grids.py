@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron.core.hyper_comm_grid import HyperCommGrid
 from megatron.core.process_groups_config import ProcessGroupCollection
 
-from ..layout import GRID_DIMS, MimoParallelismConfig, ModuleParallelismConfig
+from ...layout import GRID_DIMS, MimoParallelismConfig, ModuleParallelismConfig
 
 #: ProcessGroupCollection field -> grid dims, created in this order for every module.
 GROUP_DIMS: dict[str, list[str]] = {

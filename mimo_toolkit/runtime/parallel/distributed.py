@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..run_dir import EXIT_PEER_FAILED, RunDir, StopRequest, write_json_atomic
+from ...run_dir import EXIT_PEER_FAILED, RunDir, StopRequest, write_json_atomic
 
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 10.0

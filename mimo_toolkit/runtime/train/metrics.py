@@ -15,13 +15,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..run_dir import RunDir
+from ...run_dir import RunDir
 
 
 def model_flops_per_step(job) -> float:
     """Model FLOPs of one optimizer step: every module's forward + backward work (frozen parts
     forward only, no recomputation counted), the planner's formulas."""
-    from ..planner.workload import module_work
+    from ...planner.workload import module_work
 
     return sum(w.work_flops for w in module_work(job)) * job.train.global_batch_size
 
@@ -30,7 +30,7 @@ def peak_flops_per_device(device: torch.device, precision: str) -> float | None:
     """Published dense peak of this rank's GPU (None on CPU or an unknown GPU: no MFU)."""
     if device.type != "cuda":
         return None
-    from ..planner.hardware import GPUS
+    from ...planner.hardware import GPUS
 
     name = torch.cuda.get_device_name(device).lower()
     for kind, machine in GPUS.items():

@@ -7,7 +7,7 @@ and runs without plots never import it.
 
 from __future__ import annotations
 
-from ..run_dir import RunDir
+from ...run_dir import RunDir
 
 CURVES_FILE = "curves.png"
 

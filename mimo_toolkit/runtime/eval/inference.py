@@ -3,7 +3,7 @@
 The job's model is built TP1/PP1 for every module on a 1-rank gloo group (the same
 provider and specs as training, so parameter names and tensor-parallel attributes match),
 and each module's weights are the newest checkpoint's shards merged into full tensors
-(``mimo_toolkit.runtime.reshard``). Fine for models that fit one device: evaluation of
+(``mimo_toolkit.runtime.eval.reshard``). Fine for models that fit one device: evaluation of
 small models, tests, demos.
 
 Greedy decoding recomputes the whole sequence for each new token (no KV cache): the
@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..config import JobConfig
-from ..errors import UserError
-from ..layout import ModuleParallelismConfig
-from ..run_dir import RunDir
-from .checkpoint import LATEST
-from .engine import decoder_input, encode
-from .provider import MimoModelProvider, _module_parts
+from ...config import JobConfig
+from ...errors import UserError
+from ...layout import ModuleParallelismConfig
+from ...run_dir import RunDir
+from ..model.provider import MimoModelProvider, _module_parts
+from ..train.checkpoint import LATEST
+from ..train.engine import decoder_input, encode
 from .reshard import merge_shards, read_shards
 
 

@@ -1,7 +1,7 @@
 """Merge a checkpoint's tensor- and pipeline-parallel shards into one full state dict per module.
 
 A checkpoint holds ``model/<module>/tpXX-ppYY.pt`` per (TP rank, PP stage) of each module
-(``mimo_toolkit.runtime.checkpoint``). Loading it into a model of another layout (evaluation
+(``mimo_toolkit.runtime.train.checkpoint``). Loading it into a model of another layout (evaluation
 runs one process, TP1/PP1, whatever the training layout was) means undoing both splits:
 
 * pipeline stages number their layers from 0; stage ``p``'s layer ``i`` is global layer
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .init import _VOCAB_PARAMS
+from ..model.init import _VOCAB_PARAMS
 
 _SHARD = re.compile(r"tp(\d+)-pp(\d+)\.pt")
 _LAYER = re.compile(r"((?:^|\.)layers\.)(\d+)(\.)")

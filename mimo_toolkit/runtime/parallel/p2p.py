@@ -6,14 +6,13 @@ created on every rank in a fixed order): ``pipe_fwd``, ``pipe_bwd``, ``bridge_fw
 other on one NCCL stream (the classic 1F1B deadlock), and gloo matches messages by tag.
 Sends are non-blocking and tracked until :meth:`P2P.wait_sends`; receives block. With
 sends that never block, any per-rank order of operations consistent with one global order
-(``mimo_toolkit.runtime.schedule``) completes without deadlock.
+(``mimo_toolkit.runtime.train.schedule``) completes without deadlock.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 import time
+from collections import Counter
 
 import torch
 import torch.distributed as dist

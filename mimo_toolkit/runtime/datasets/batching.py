@@ -1,4 +1,4 @@
-"""Samples, the dataset interface, and how each module replica gets its slice of a batch.
+"""How each module replica gets its slice of a batch.
 
 Batching rule (the same on every rank, so no rank needs to ask another what to load):
 the optimizer step ``t`` consumes samples ``[t*G, (t+1)*G)`` of an epoch-wise shuffled
@@ -6,137 +6,17 @@ order; its global micro-batch ``g`` is ``M = micro_batch_size x llm.dp`` consecu
 samples, and a module with ``dp`` replicas gives replica ``r`` the contiguous slice
 ``[r*M/dp, (r+1)*M/dp)``. Ranks load only what their modules need: LLM ranks the text of
 their slice, encoder ranks the media of theirs.
-
-A dataset is anything with ``__len__`` and ``get(index, modalities) -> Sample``; the
-built-in synthetic one is deterministic per (seed, index). Placeholder tokens (one per
-encoder output embedding) are part of ``input_ids``; their loss mask is 0, as is padding's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
-from ..config import AudioEncoder, JobConfig, VisionEncoder
-
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-
-
-@dataclass
-class Sample:
-    """One training example: text with placeholders, targets, and media per encoder module."""
-
-    input_ids: list[int]
-    labels: list[int]
-    """Target of each position (the next token); ignored where ``loss_mask`` is 0."""
-    loss_mask: list[int]
-    media: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Encoder module name -> items ``[n_items, ...]`` (images or log-mel clips)."""
-    sample_id: str = ""
-
-
-class MimoDataset(Protocol):
-    def __len__(self) -> int: ...
-
-    def get(self, index: int, modalities: Collection[str]) -> Sample:
-        """Sample ``index`` with media for the named encoder modules only."""
-
-
-# ---- the synthetic dataset ---------------------------------------------------------------
-
-
-class SyntheticDataset:
-    """Deterministic multimodal samples whose text can be learned from the media.
-
-    Each sample has a class ``c``; its images carry ``c`` in their colour and pattern, its
-    audio clips in the frequency band that is loud. The text after the placeholders is a
-    sequence determined by ``c`` (a start token and a stride), so the loss falls as the model
-    learns to read the class from the encoders. Vision samples have 1 or 2 images (varying
-    shapes across micro-batches).
-    """
-
-    NUM_CLASSES = 8
-    FIRST_TOKEN = 3
-    VALID_SAMPLES = 256
-    """Size of the synthetic validation split (the samples after the training ones)."""
-
-    def __init__(self, job: JobConfig, num_samples: int | None = None, offset: int = 0) -> None:
-        self.job = job
-        self.num_samples = num_samples or job.data.num_samples
-        self.offset = offset
-        self.seq_length = job.train.seq_length
-        self.vocab = job.language_model.vocab_size
-        self.token_ids = job.layout.special_token_ids
-        self.encoders = job.encoders
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    MIN_TEXT = 8
-
-    def _items(self, name: str, index: int) -> int:
-        """1 or 2 images (alternating) when two fit in the sequence; 1 clip of audio."""
-        if not isinstance(self.encoders[name], VisionEncoder) or index % 2 == 0:
-            return 1
-        placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
-        fits = placeholders + self.encoders[name].tokens_per_sample + self.MIN_TEXT + 2 <= self.seq_length
-        return 2 if fits else 1
-
-    def get(self, index: int, modalities: Collection[str]) -> Sample:
-        gen = torch.Generator().manual_seed(self.job.train.seed * 1_000_003 + self.offset + index)
-        cls = int(torch.randint(self.NUM_CLASSES, (1,), generator=gen))
-        ids = [BOS_ID]
-        media = {}
-        for name, arch in self.encoders.items():
-            items = self._items(name, index)
-            ids += [self.token_ids[name]] * (items * arch.tokens_per_sample)
-            if name in modalities:
-                media[name] = _synthetic_media(arch, cls, items, gen)
-        span = self.vocab - self.FIRST_TOKEN
-        start, stride = self.FIRST_TOKEN + (cls * 37) % span, 1 + cls % 5
-        room = self.seq_length - len(ids) - 1
-        text = [self.FIRST_TOKEN + (start - self.FIRST_TOKEN + k * stride) % span for k in range(max(room, 0))]
-        return make_sample(ids, text + [EOS_ID], prompt_len=len(ids), media=media, sample_id=f"synthetic-{self.offset + index}")
-
-
-def _synthetic_media(arch, cls: int, items: int, gen: torch.Generator) -> torch.Tensor:
-    if isinstance(arch, VisionEncoder):
-        size = arch.image_size
-        base = torch.zeros(items, arch.num_channels, size, size)
-        base[:, cls % arch.num_channels] = 1.0
-        stripes = torch.arange(size).float().mul(2 * torch.pi * (1 + cls) / size).sin()
-        base += 0.5 * stripes.view(1, 1, 1, size)
-        return base + 0.1 * torch.randn(base.shape, generator=gen)
-    assert isinstance(arch, AudioEncoder)
-    mel = 0.1 * torch.randn(items, arch.num_mel_bins, arch.num_frames, generator=gen)
-    band = (cls * arch.num_mel_bins) // SyntheticDataset.NUM_CLASSES
-    mel[:, band : band + max(1, arch.num_mel_bins // 8)] += 1.0
-    return mel
-
-
-def make_sample(prompt: list[int], answer: list[int], prompt_len: int, media: dict, sample_id: str = "") -> Sample:
-    """Input ``prompt + answer``, loss on predicting every answer token."""
-    ids = prompt + answer
-    labels = ids[1:] + [PAD_ID]
-    mask = [1 if prompt_len - 1 <= i < len(ids) - 1 else 0 for i in range(len(ids))]
-    return Sample(input_ids=ids, labels=labels, loss_mask=mask, media=media, sample_id=sample_id)
-
-
-def build_dataset(job: JobConfig, split: str = "train") -> MimoDataset:
-    """The ``split`` ("train" or "valid") of the dataset a job's ``data`` section names."""
-    if job.data.source == "synthetic":
-        if split == "train":
-            return SyntheticDataset(job)
-        return SyntheticDataset(job, SyntheticDataset.VALID_SAMPLES, offset=job.data.num_samples)
-    from .datasets import build_file_dataset  # real data (Pillow, tokenizers) only when asked
-
-    return build_file_dataset(job, split)
-
-
-# ---- which samples a replica takes --------------------------------------------------------
+from ...config import JobConfig
+from .sample import PAD_ID, MimoDataset, Sample
 
 
 def sample_index(position: int, length: int, seed: int) -> int:

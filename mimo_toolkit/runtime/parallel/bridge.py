@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..layout import MimoParallelismConfig
-from .data import MediaBatch, TextBatch
+from ...layout import MimoParallelismConfig
+from ..datasets.batching import MediaBatch, TextBatch
 from .p2p import P2P
 
 

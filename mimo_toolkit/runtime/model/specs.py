@@ -2,7 +2,7 @@
 
 The backend is a swap, not a fork: :func:`layer_spec` returns transformer-engine layers when
 TE is importable on a GPU machine and megatron-core's local layers with
-:class:`~mimo_toolkit.runtime.portable.PortableAttention` otherwise. Everything else (the
+:class:`~mimo_toolkit.runtime.model.portable.PortableAttention` otherwise. Everything else (the
 GPT model, the CLIP ViT, the audio encoder, the projectors and the MIMO modality
 submodules) is the same ModuleSpec either way.
 
@@ -32,8 +32,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from ..config import AudioEncoder, JobConfig, LanguageModel, TransformerArch, VisionEncoder
-from ..layout import ModuleParallelismConfig
+from ...config import AudioEncoder, JobConfig, LanguageModel, TransformerArch, VisionEncoder
+from ...layout import ModuleParallelismConfig
 from .audio_encoder import WhisperStyleEncoder
 from .portable import PortableAttention, PortableCLIPViTModel
 
@@ -74,7 +74,7 @@ def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
 #: only inside its initialisation routines, so they must run; with these init methods they
 #: draw no random numbers. The provider then initialises every parameter from canonical
 #: per-parameter seeds so that every layout starts from the same full weights
-#: (``mimo_toolkit.runtime.init``).
+#: (``mimo_toolkit.runtime.model.init``).
 NO_RANDOM_INIT = {
     "perform_initialization": True,
     "use_cpu_initialization": True,

@@ -7,8 +7,8 @@ lacks owned here:
 
 * rank roles: :class:`RankLocalMimoModel` builds only the modules this rank takes part in
   (an encoder rank holds no LLM weights and vice versa), and only its pipeline stage;
-* layout-independent initialisation (``mimo_toolkit.runtime.init``);
-* a data-parallel path that works over gloo on CPU (``mimo_toolkit.runtime.data_parallel``).
+* layout-independent initialisation (``mimo_toolkit.runtime.model.init``);
+* a data-parallel path that works over gloo on CPU (``mimo_toolkit.runtime.parallel.data_parallel``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from megatron.core.models.mimo import MimoModel, MimoModelConfig
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from ..config import JobConfig
-from ..layout import MimoParallelismConfig
-from . import grids
-from .data_parallel import wrap_data_parallel
+from ...config import JobConfig
+from ...layout import MimoParallelismConfig
+from ..parallel import grids
+from ..parallel.data_parallel import wrap_data_parallel
 from .init import init_module
 from .portable import make_rotary_portable
 from .specs import ENCODER_KEY, Backend, detect_backend, mimo_specs

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from ..resolve import load_manifest
-from ..run_dir import RunDir, write_json_atomic
+from ...errors import UserError
+from ...resolve import load_manifest
+from ...run_dir import RunDir, write_json_atomic
+from ..datasets.batching import collate_media, collate_text
+from ..parallel.loss import vocab_parallel_cross_entropy
 from . import inference
-from .data import collate_media, collate_text
-from .loss import vocab_parallel_cross_entropy
 from .plot import plot_curves
 
 BATCH = 32
@@ -49,7 +49,7 @@ def normalise(text: str) -> str:
 
 def evaluate_run(run_dir: str, data: str | None = None, ablate: str | None = None, limit: int | None = None) -> dict:
     """Evaluate the newest checkpoint of ``run_dir``; writes ``eval.json`` (or ``eval-ablate-<m>.json``)."""
-    from .datasets import build_file_dataset
+    from ..datasets import build_file_dataset
 
     rd = RunDir(run_dir)
     if not rd.job_file.exists():

@@ -1,6 +1,6 @@
 """One optimizer step's forward and backward passes on this rank, following its schedule.
 
-For each operation of this rank's list (``mimo_toolkit.runtime.schedule``):
+For each operation of this rank's list (``mimo_toolkit.runtime.train.schedule``):
 
 * ``F(encoder)``: encode this replica's media slice and hand the projected embeddings to the
   bridge; keep them for the backward if the encoder or its projector trains.
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..config import JobConfig
-from .data import ReplicaData, TextBatch
-from .loss import vocab_parallel_cross_entropy
-from .p2p import P2P
+from ...config import JobConfig
+from ..datasets.batching import ReplicaData, TextBatch
+from ..model.specs import ENCODER_KEY
+from ..parallel.loss import vocab_parallel_cross_entropy
+from ..parallel.p2p import P2P
 from .schedule import Op
-from .specs import ENCODER_KEY
 
 #: keyword argument of each encoder kind's forward
 ENCODER_INPUT = {"vision": "x", "audio": "input_features"}

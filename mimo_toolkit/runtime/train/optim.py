@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..config import TrainConfig
+from ...config import TrainConfig
 
 
 def lr_at(step: int, train: TrainConfig) -> float:

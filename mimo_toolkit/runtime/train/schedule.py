@@ -30,7 +30,7 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..layout import MimoParallelismConfig
+from ...layout import MimoParallelismConfig
 
 Role = tuple[str, int]  # (module, pipeline stage)
 

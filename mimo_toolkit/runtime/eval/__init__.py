@@ -1,0 +1,1 @@
+"""Evaluation of a run: greedy answers on the validation split, shard merging, curves."""

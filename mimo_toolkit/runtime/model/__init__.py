@@ -1,0 +1,1 @@
+"""The model: specs per module (TE or portable layers), the MIMO provider, initialisation."""
