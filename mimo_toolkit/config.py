@@ -8,6 +8,8 @@ with :func:`JobConfig.from_dict`, so a job runs exactly what was rendered.
 Everything here is plain Python. Model architectures are described as dataclasses; the
 runtime (``mimo_toolkit.runtime.model.specs``) turns them into megatron-core configs and
 ModuleSpecs. Field docstrings are the user-facing documentation of each ``--set`` key.
+The rules a config must satisfy live in ``mimo_toolkit.validation`` (one place, used by every
+command, the planner and the job).
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
-from .errors import UserError
 from .layout import MimoParallelismConfig
 from .typed import from_plain, to_plain
 
@@ -320,114 +320,6 @@ class JobConfig:
 
     def copy(self) -> "JobConfig":
         return JobConfig.from_dict(self.to_dict())
-
-    def check(self) -> None:
-        """Checks of the config itself (the layout is checked by ``layout``)."""
-        if set(self.model) != set(self.layout.module_parallelisms):
-            raise UserError(
-                f"model modules {sorted(self.model)} and layout modules "
-                f"{sorted(self.layout.module_parallelisms)} differ"
-            )
-        lm_name = self.layout.language_module
-        if lm_name not in self.model or not isinstance(self.model[lm_name], LanguageModel):
-            raise UserError(f"layout.language_module={lm_name!r} is not a language model in model")
-        for name, arch in self.model.items():
-            if name != lm_name and isinstance(arch, LanguageModel):
-                raise UserError(f"model.{name}: only one language model is supported")
-        valid = self.freeze_keys()
-        for key in self.freeze:
-            if key not in valid:
-                raise UserError(f"freeze.{key}: unknown part; valid: {', '.join(valid)}")
-        for name in self.encoders:
-            if name not in self.layout.special_token_ids:
-                raise UserError(f"layout.special_token_ids has no placeholder id for {name!r}")
-        for name, arch in self.model.items():
-            _check_arch(name, arch)
-        _check_train(self.train)
-        for name in self.env:
-            check_env_name(name, "env")
-        for name in self.cluster.env:
-            check_env_name(name, "cluster.env")
-        sig = self.cluster.signal
-        if sig.upper().startswith(("USR1", "SIGUSR1", "10@")):
-            raise UserError(f"cluster.signal={sig}: NCCL uses SIGUSR1; use USR2 or TERM")
-        if not _SIGNAL.fullmatch(sig):
-            raise UserError(f"cluster.signal={sig!r}: expected SIGNAL@SECONDS, e.g. USR2@300 (USR2, TERM, INT, HUP)")
-        if self.cluster.max_restarts < 0:
-            raise UserError(f"cluster.max_restarts={self.cluster.max_restarts} must be >= 0")
-        if self.cluster.nodes is not None and self.cluster.nodes < 1:
-            raise UserError(f"cluster.nodes={self.cluster.nodes} must be >= 1")
-        if self.cluster.procs_per_node < 1:
-            raise UserError(f"cluster.procs_per_node={self.cluster.procs_per_node} must be >= 1")
-        if self.cluster.gpus_per_node < 0:
-            raise UserError(f"cluster.gpus_per_node={self.cluster.gpus_per_node} must be >= 0")
-        if self.cluster.gpus_per_node and self.cluster.procs_per_node > self.cluster.gpus_per_node:
-            raise UserError(
-                f"cluster.procs_per_node={self.cluster.procs_per_node} exceeds "
-                f"cluster.gpus_per_node={self.cluster.gpus_per_node} (one process per GPU)"
-            )
-        lm = self.language_model
-        if self.train.seq_length > lm.max_sequence_length:
-            raise UserError(
-                f"train.seq_length={self.train.seq_length} exceeds "
-                f"model.{lm_name}.max_sequence_length={lm.max_sequence_length}"
-            )
-        if self.data.source == "llava" and not self.data.path:
-            raise UserError("data.source=llava needs data.path (a LLaVA-style JSON or JSONL file)")
-        if self.train.eval_interval and self.data.source == "llava" and not self.data.valid_path:
-            raise UserError(f"train.eval_interval={self.train.eval_interval} needs data.valid_path (or eval_interval=0)")
-        placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
-        if placeholders >= self.train.seq_length:
-            raise UserError(
-                f"train.seq_length={self.train.seq_length} leaves no room for text: the encoders "
-                f"put {placeholders} placeholder tokens in every sample"
-            )
-
-
-_SIGNAL = re.compile(r"(USR2|TERM|INT|HUP)@[0-9]+")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_env_name(name: str, where: str) -> None:
-    """Environment variable names reach shell scripts unquoted (``export NAME=...``)."""
-    if not _ENV_NAME.fullmatch(name):
-        raise UserError(f"{where} {name!r}: not a valid environment variable name")
-
-
-def _check_arch(name: str, arch: TransformerArch) -> None:
-    for f in ("num_layers", "hidden_size", "num_attention_heads"):
-        if getattr(arch, f) < 1:
-            raise UserError(f"model.{name}.{f}={getattr(arch, f)} must be >= 1")
-    if arch.hidden_size % arch.num_attention_heads:
-        raise UserError(
-            f"model.{name}.hidden_size={arch.hidden_size} is not divisible by "
-            f"model.{name}.num_attention_heads={arch.num_attention_heads}"
-        )
-    if arch.num_attention_heads % arch.query_groups:
-        raise UserError(
-            f"model.{name}.num_attention_heads={arch.num_attention_heads} is not divisible by "
-            f"model.{name}.num_query_groups={arch.query_groups}"
-        )
-    if isinstance(arch, VisionEncoder) and min(arch.image_size, arch.patch_size) < 1:
-        raise UserError(f"model.{name}: image_size={arch.image_size} and patch_size={arch.patch_size} must be >= 1")
-    if isinstance(arch, VisionEncoder) and arch.image_size % arch.patch_size:
-        raise UserError(
-            f"model.{name}.image_size={arch.image_size} is not a multiple of "
-            f"model.{name}.patch_size={arch.patch_size}"
-        )
-
-
-def _check_train(t: TrainConfig) -> None:
-    for f in ("steps", "micro_batch_size", "global_batch_size", "seq_length", "log_interval"):
-        if getattr(t, f) < 1:
-            raise UserError(f"train.{f}={getattr(t, f)} must be >= 1")
-    for f in ("save_interval", "eval_interval", "lr_warmup_steps", "keep_checkpoints"):
-        if getattr(t, f) < 0:
-            raise UserError(f"train.{f}={getattr(t, f)} must be >= 0")
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise UserError(f"train.lr={t.lr} and train.min_lr={t.min_lr} need 0 <= min_lr <= lr, lr > 0")
-    if t.timeout_s < 5:
-        raise UserError(f"train.timeout_s={t.timeout_s} must be >= 5")
 
 
 def replace(obj: Any, **changes: Any) -> Any:

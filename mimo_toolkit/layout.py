@@ -18,44 +18,35 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .errors import LayoutError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import JobConfig
 
 DeploymentMode = Literal["colocated", "homogeneous", "heterogeneous"]
 
 #: The order of grid dimensions, innermost first.
 GRID_DIMS = ("tp", "cp", "dp", "pp")
 
-#: Short names used by ``--set layout.<module>.<short>`` and the layout table.
-SHORT_NAMES = {
-    "tp": "tensor_parallel",
-    "pp": "pipeline_parallel",
-    "cp": "context_parallel",
-    "ep": "expert_parallel",
-    "dp": "data_parallel",
-    "rank_offset": "rank_offset",
-    "scalable": "scalable",
-}
+#: The layout fields ``--set layout.<module>.<key>`` addresses (the field names themselves).
+LAYOUT_KEYS = ("tp", "pp", "cp", "ep", "dp", "rank_offset", "scalable")
 
 
 @dataclass(kw_only=True)
 class ModuleParallelismConfig:
-    """How one module is split over its ranks."""
+    """How one module is split over its ranks. The field names are the ones the command
+    line uses (``--set layout.llm.tp=2``); megatron-core's names
+    (``tensor_model_parallel_size`` ...) appear only where its configs are built."""
 
-    tensor_parallel: int = 1
-    """Tensor-parallel size (tp); must divide the module's attention heads."""
-    pipeline_parallel: int = 1
-    """Pipeline-parallel size (pp); must divide the module's layers."""
-    context_parallel: int = 1
-    """Context-parallel size (cp), splitting the sequence (LLM only)."""
-    expert_parallel: int = 1
-    """Expert-parallel size (ep) for mixture-of-experts layers; must divide cp x dp."""
-    data_parallel: int | None = None
-    """Data-parallel size (dp); derived from the world size when None (not heterogeneous)."""
+    tp: int = 1
+    """Tensor-parallel size; must divide the module's attention heads."""
+    pp: int = 1
+    """Pipeline-parallel size; must divide the module's layers."""
+    cp: int = 1
+    """Context-parallel size, splitting the sequence (LLM only)."""
+    ep: int = 1
+    """Expert-parallel size for mixture-of-experts layers; must divide cp x dp."""
+    dp: int | None = None
+    """Data-parallel size; derived from the world size when None (not heterogeneous)."""
     rank_offset: int = 0
     """First global rank of the module (heterogeneous mode)."""
     scalable: bool = False
@@ -64,17 +55,13 @@ class ModuleParallelismConfig:
     @property
     def model_parallel_size(self) -> int:
         """Ranks of one replica: tp x cp x pp."""
-        return self.tensor_parallel * self.context_parallel * self.pipeline_parallel
-
-    @property
-    def dp(self) -> int:
-        if self.data_parallel is None:
-            raise LayoutError("data_parallel is not resolved yet; call finalize() first")
-        return self.data_parallel
+        return self.tp * self.cp * self.pp
 
     @property
     def size(self) -> int:
         """Ranks the module occupies: tp x cp x pp x dp."""
+        if self.dp is None:
+            raise LayoutError("layout: dp is not resolved yet; finalize() the layout first")
         return self.model_parallel_size * self.dp
 
     @property
@@ -84,7 +71,7 @@ class ModuleParallelismConfig:
     @property
     def shape(self) -> list[int]:
         """Grid shape in :data:`GRID_DIMS` order."""
-        return [self.tensor_parallel, self.context_parallel, self.dp, self.pipeline_parallel]
+        return [self.tp, self.cp, self.dp, self.pp]
 
     def coordinates(self, rank: int) -> dict[str, int] | None:
         """The (tp, cp, dp, pp) coordinates of a global rank, or None outside the module."""
@@ -104,11 +91,11 @@ class ModuleParallelismConfig:
 
     def sizes(self) -> dict[str, int | None]:
         return {
-            "tp": self.tensor_parallel,
-            "cp": self.context_parallel,
-            "pp": self.pipeline_parallel,
-            "ep": self.expert_parallel,
-            "dp": self.data_parallel,
+            "tp": self.tp,
+            "cp": self.cp,
+            "pp": self.pp,
+            "ep": self.ep,
+            "dp": self.dp,
         }
 
 
@@ -167,22 +154,22 @@ class MimoParallelismConfig:
             if m.rank_offset != 0:
                 raise LayoutError(f"layout.{name}.rank_offset={m.rank_offset}: {mode} modules start at rank 0")
         if world_size is None:
-            sizes = {m.size for m in self.module_parallelisms.values() if m.data_parallel is not None}
+            sizes = {m.size for m in self.module_parallelisms.values() if m.dp is not None}
             if not sizes:
                 raise LayoutError("the world size is unknown: set layout.<module>.dp or pass --nodes")
             world_size = max(sizes)
         for name, m in self.module_parallelisms.items():
             mp = m.model_parallel_size
-            if m.data_parallel is None:
+            if m.dp is None:
                 if world_size % mp:
                     raise LayoutError(
                         f"layout.{name}: tp*cp*pp={mp} does not divide the world size {world_size}"
                     )
-                m.data_parallel = world_size // mp
+                m.dp = world_size // mp
             if m.size != world_size:
                 raise LayoutError(
-                    f"layout.{name}: tp*cp*pp*dp={m.tensor_parallel}*{m.context_parallel}*"
-                    f"{m.pipeline_parallel}*{m.data_parallel}={m.size} must equal the world size "
+                    f"layout.{name}: tp*cp*pp*dp={m.tp}*{m.cp}*"
+                    f"{m.pp}*{m.dp}={m.size} must equal the world size "
                     f"{world_size} in {mode} mode"
                 )
         if mode == "homogeneous":
@@ -201,7 +188,7 @@ class MimoParallelismConfig:
 
     def _finalize_heterogeneous(self, world_size: int | None) -> int:
         for name, m in self.module_parallelisms.items():
-            if m.data_parallel is None:
+            if m.dp is None:
                 raise LayoutError(f"layout.{name}.dp must be set in heterogeneous mode")
         spans = sorted((m.rank_offset, m.rank_offset + m.size, name) for name, m in self.module_parallelisms.items())
         cursor = 0
@@ -242,10 +229,10 @@ class MimoParallelismConfig:
 
     def _check_expert_parallel(self) -> None:
         for name, m in self.module_parallelisms.items():
-            ep = m.expert_parallel
-            if ep > 1 and (m.context_parallel * m.dp) % ep:
+            ep = m.ep
+            if ep > 1 and (m.cp * m.dp) % ep:
                 raise LayoutError(
-                    f"layout.{name}.ep={ep} must divide cp*dp={m.context_parallel}*{m.dp}"
+                    f"layout.{name}.ep={ep} must divide cp*dp={m.cp}*{m.dp}"
                 )
 
     # ---- queries ---------------------------------------------------------------------
@@ -265,70 +252,6 @@ class MimoParallelismConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Checks that need the model and the training settings
-# --------------------------------------------------------------------------------------
-
-
-def check_model_fit(job: "JobConfig") -> None:
-    """TP divides heads (and query groups), PP divides layers, CP splits the sequence and
-    EP divides the experts. Needs no resolved DP, so it runs before :meth:`finalize`."""
-    layout, train = job.layout, job.train
-    layout.check_sizes()
-    for name, m in layout.module_parallelisms.items():
-        arch = job.model[name]
-        tp, pp, cp = m.tensor_parallel, m.pipeline_parallel, m.context_parallel
-        if arch.num_attention_heads % tp:
-            raise LayoutError(
-                f"layout.{name}.tp={tp} does not divide model.{name}.num_attention_heads="
-                f"{arch.num_attention_heads}"
-            )
-        if arch.query_groups % tp:
-            raise LayoutError(
-                f"layout.{name}.tp={tp} does not divide model.{name}.num_query_groups={arch.query_groups}"
-            )
-        if arch.num_layers % pp:
-            raise LayoutError(
-                f"layout.{name}.pp={pp} does not divide model.{name}.num_layers={arch.num_layers}"
-            )
-        if cp > 1 and name != layout.language_module:
-            raise LayoutError(f"layout.{name}.cp={cp}: context parallelism applies to the language module only")
-        if cp > 1 and train.seq_length % (2 * cp):
-            raise LayoutError(
-                f"layout.{name}.cp={cp}: train.seq_length={train.seq_length} must be divisible by 2*cp={2 * cp}"
-            )
-        if m.expert_parallel > 1:
-            experts = getattr(arch, "num_moe_experts", None) or 0
-            if not experts or experts % m.expert_parallel:
-                raise LayoutError(
-                    f"layout.{name}.ep={m.expert_parallel} needs a mixture-of-experts model whose "
-                    f"expert count it divides (model.{name} has {experts} experts)"
-                )
-
-
-def check_batch_fit(job: "JobConfig") -> None:
-    """After :meth:`finalize`: the global batch is accumulated from global micro-batches of ``mbs x llm.dp`` samples;
-    every module's replicas take equal contiguous slices of each global micro-batch."""
-    layout, train = job.layout, job.train
-    lm_name = layout.language_module
-    lm_dp = layout.language.dp
-    mbs, gbs = train.micro_batch_size, train.global_batch_size
-    per_micro = mbs * lm_dp
-    if gbs % per_micro:
-        raise LayoutError(
-            f"train.global_batch_size={gbs} is not divisible by train.micro_batch_size={mbs} x "
-            f"layout.{lm_name}.dp={lm_dp} = {per_micro}"
-        )
-    for name in layout.encoder_names:
-        dp = layout.module_parallelisms[name].dp
-        if per_micro % dp:
-            raise LayoutError(
-                f"layout.{name}.dp={dp} cannot split a micro-batch of train.micro_batch_size={mbs} x "
-                f"layout.{lm_name}.dp={lm_dp} = {per_micro} samples evenly; use a micro_batch_size "
-                f"divisible by {dp // lm_dp}"
-            )
-
-
-# --------------------------------------------------------------------------------------
 # Scaling to a node count
 # --------------------------------------------------------------------------------------
 
@@ -344,7 +267,7 @@ def scale_layout(layout: MimoParallelismConfig, world_size: int) -> MimoParallel
     new = layout.copy()
     if new.deployment_mode != "heterogeneous":
         for m in new.module_parallelisms.values():
-            m.data_parallel = None
+            m.dp = None
         new.finalize(world_size)
         return new
     scalable = [n for n, m in new.module_parallelisms.items() if m.scalable]
@@ -360,7 +283,7 @@ def scale_layout(layout: MimoParallelismConfig, world_size: int) -> MimoParallel
         dp_times = m.dp * room
         if dp_times % current:
             raise LayoutError(f"layout.{n}.dp={m.dp} cannot be scaled to fill {world_size} ranks")
-        m.data_parallel = dp_times // current
+        m.dp = dp_times // current
     cursor = 0
     for name, m in sorted(new.module_parallelisms.items(), key=lambda kv: kv[1].rank_offset):
         m.rank_offset = cursor

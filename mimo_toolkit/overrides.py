@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, get_origin
 
-from .config import JobConfig, check_env_name
+from .config import JobConfig
 from .errors import UserError
-from .layout import SHORT_NAMES
+from .layout import LAYOUT_KEYS
 from .typed import field_hints, parse_text
+from .validation import check_env_name
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ def targets(job: JobConfig) -> dict[str, Target]:
     out["layout.language_module"] = Target(str, lambda v: setattr(layout, "language_module", v))
     for module, par in layout.module_parallelisms.items():
         hints = field_hints(type(par))
-        for short, long in SHORT_NAMES.items():
-            out[f"layout.{module}.{short}"] = Target(hints[long], lambda v, p=par, f=long: setattr(p, f, v))
+        for key in LAYOUT_KEYS:
+            out[f"layout.{module}.{key}"] = Target(hints[key], lambda v, p=par, f=key: setattr(p, f, v))
     for module in layout.special_token_ids:
         out[f"layout.special_token_ids.{module}"] = Target(
             int, lambda v, m=module: layout.special_token_ids.__setitem__(m, v)
@@ -65,12 +66,13 @@ def targets(job: JobConfig) -> dict[str, Target]:
     return out
 
 
-def _dict_entry(key: str, table: dict[str, Target]) -> tuple[Target, str] | None:
-    """``cluster.env.NAME`` style keys: one entry of a dict-valued field."""
+def _dict_entry(key: str, table: dict[str, Target]) -> str | None:
+    """``cluster.env.NAME`` style keys: the entry name when ``key`` addresses one entry of a
+    dict-valued field."""
     head, _, entry = key.rpartition(".")
     target = table.get(head)
     if target is not None and entry and get_origin(target.hint) is dict:
-        return target, entry
+        return entry
     return None
 
 
@@ -90,9 +92,7 @@ def apply_overrides(job: JobConfig, assignments: Iterable[str]) -> JobConfig:
         if target is not None:
             target.apply(parse_text(target.hint, value, key))
         elif (entry := _dict_entry(key, table)) is not None:
-            dict_target, name = entry
-            current = _current_dict(job, key.rpartition(".")[0])
-            current[name] = value
+            _current_dict(job, key.rpartition(".")[0])[entry] = value
         else:
             raise UserError(f"--set {key}: unknown key{suggest(key, table)}")
         job.overrides.append(f"{key}={value}")

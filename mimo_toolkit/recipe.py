@@ -77,11 +77,6 @@ class Recipe:
             job.job_name = f"{self.name}-{key}"
         return job
 
-    def doc(self, preset: str) -> str:
-        """First line of a preset's docstring."""
-        text = (self.presets[preset].__doc__ or "").strip()
-        return text.splitlines()[0] if text else ""
-
 
 @dataclass(frozen=True)
 class RecipeEntry:

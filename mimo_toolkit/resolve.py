@@ -7,15 +7,18 @@ nothing is written for a job that would not run.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import __version__
 from .config import JobConfig
 from .errors import LayoutError, UserError
-from .layout import RankInfo, check_batch_fit, check_model_fit, rank_map, scale_layout
+from .layout import RankInfo, rank_map, scale_layout
 from .overrides import apply_env, apply_overrides
 from .recipe import load_recipe
+from .validation import check_batch_fit, check_config, check_model_fit
 
 
 @dataclass
@@ -52,8 +55,10 @@ class ResolvedJob:
 
 
 def validate(job: JobConfig, world_size: int | None = None) -> ResolvedJob:
-    """Check ``job`` (config, layout, model fit, node fit) and finalize its layout in place."""
-    job.check()
+    """Check ``job`` (config, model fit, layout, batch, node fit) and return it finalized:
+    a copy whose unset dp sizes and node count are filled in. ``job`` is not changed."""
+    check_config(job)
+    job = copy.deepcopy(job)
     if world_size is None and job.cluster.nodes is not None:
         world_size = job.cluster.nodes * job.cluster.procs_per_node
     check_model_fit(job)
@@ -69,16 +74,15 @@ def validate(job: JobConfig, world_size: int | None = None) -> ResolvedJob:
 
 
 def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
-    """Resize the job's layout to ``nodes`` nodes, or fail naming node counts that work."""
+    """``job`` resized to ``nodes`` nodes and validated, or a failure naming node counts that
+    work. ``job`` is not changed."""
     if nodes < 1:
         raise UserError(f"--nodes {nodes}: must be >= 1")
-    job.check()
+    check_config(job)
     job.layout.check_sizes()  # before scaling divides by a size; not a node-count problem
-    layout, count = job.layout, job.cluster.nodes
     try:
         return _scaled(job, nodes)
     except LayoutError as exc:
-        job.layout, job.cluster.nodes = layout, count  # search from the preset's layout
         limit = max(4 * nodes, 16)
         working: list[int] = []
         for n in range(1, limit + 1):
@@ -92,22 +96,17 @@ def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
 
 def _scaled(job: JobConfig, nodes: int) -> ResolvedJob:
     world = nodes * job.cluster.procs_per_node
-    job.layout = scale_layout(job.layout, world)
-    job.cluster.nodes = nodes
-    return validate(job, world)
+    layout = scale_layout(job.layout, world)  # a copy
+    cluster = dataclasses.replace(job.cluster, nodes=nodes)
+    return validate(dataclasses.replace(job, layout=layout, cluster=cluster), world)
 
 
 def _fits(job: JobConfig, nodes: int) -> bool:
-    # _scaled replaces job.layout (scale_layout copies it) and sets cluster.nodes: restore
-    # those two instead of copying the whole job for every candidate.
-    layout, count = job.layout, job.cluster.nodes
     try:
         _scaled(job, nodes)
         return True
     except LayoutError:
         return False
-    finally:
-        job.layout, job.cluster.nodes = layout, count
 
 
 def resolve_job(

@@ -106,8 +106,8 @@ def tiny() -> JobConfig:
     train.seq_length = 128  # ...with room for the 64 image tokens
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=1),
-            "llm": ModuleParallelismConfig(tensor_parallel=2),
+            "vision": ModuleParallelismConfig(tp=1),
+            "llm": ModuleParallelismConfig(tp=2),
         },
         "colocated",
         train,
@@ -124,8 +124,8 @@ def one_node() -> JobConfig:
     train.micro_batch_size = 4
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=1),
-            "llm": ModuleParallelismConfig(tensor_parallel=4),
+            "vision": ModuleParallelismConfig(tp=1),
+            "llm": ModuleParallelismConfig(tp=4),
         },
         "colocated",
         train,
@@ -139,6 +139,6 @@ def four_node() -> JobConfig:
     """32 GPUs, colocated: vision TP1 DP32, LLM TP2 PP2 DP8, micro-batch 4 (the planner's pick;
     on 3 nodes it picks heterogeneous: vision on 8 ranks, LLM PP2 DP8 on 16)."""
     job = one_node()
-    job.layout.module_parallelisms["llm"] = ModuleParallelismConfig(tensor_parallel=2, pipeline_parallel=2)
+    job.layout.module_parallelisms["llm"] = ModuleParallelismConfig(tp=2, pp=2)
     job.cluster.nodes = 4
     return job

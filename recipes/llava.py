@@ -147,8 +147,8 @@ def tiny() -> JobConfig:
     """2 CPU processes over gloo: LLM TP2, vision DP2 (colocated); everything trains."""
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=1),
-            "llm": ModuleParallelismConfig(tensor_parallel=2),
+            "vision": ModuleParallelismConfig(tp=1),
+            "llm": ModuleParallelismConfig(tp=2),
         },
         "colocated",
         TrainConfig(
@@ -174,8 +174,8 @@ def one_node() -> JobConfig:
     """8 GPUs, colocated: LLM TP4 DP2, vision TP1 DP8; stage-1 freezing."""
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=1),
-            "llm": ModuleParallelismConfig(tensor_parallel=4),
+            "vision": ModuleParallelismConfig(tp=1),
+            "llm": ModuleParallelismConfig(tp=4),
         },
         "colocated",
         stage1_train(),
@@ -194,8 +194,8 @@ def four_node() -> JobConfig:
     train.steps = 1938
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=4, data_parallel=2, rank_offset=0),
-            "llm": ModuleParallelismConfig(tensor_parallel=4, data_parallel=6, rank_offset=8, scalable=True),
+            "vision": ModuleParallelismConfig(tp=4, dp=2, rank_offset=0),
+            "llm": ModuleParallelismConfig(tp=4, dp=6, rank_offset=8, scalable=True),
         },
         "heterogeneous",
         train,

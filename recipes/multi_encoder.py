@@ -85,7 +85,7 @@ def tiny() -> JobConfig:
         {
             "vision": ModuleParallelismConfig(),
             "audio": ModuleParallelismConfig(),
-            "llm": ModuleParallelismConfig(tensor_parallel=2),
+            "llm": ModuleParallelismConfig(tp=2),
         },
         "colocated",
         TrainConfig(
@@ -116,7 +116,7 @@ def one_node() -> JobConfig:
         {
             "vision": ModuleParallelismConfig(),
             "audio": ModuleParallelismConfig(),
-            "llm": ModuleParallelismConfig(tensor_parallel=4),
+            "llm": ModuleParallelismConfig(tp=4),
         },
         "colocated",
         train,
@@ -137,9 +137,9 @@ def four_node() -> JobConfig:
     train.steps = 1938
     return _job(
         {
-            "vision": ModuleParallelismConfig(tensor_parallel=2, data_parallel=2, rank_offset=0),
-            "audio": ModuleParallelismConfig(tensor_parallel=2, data_parallel=2, rank_offset=4),
-            "llm": ModuleParallelismConfig(tensor_parallel=4, data_parallel=6, rank_offset=8, scalable=True),
+            "vision": ModuleParallelismConfig(tp=2, dp=2, rank_offset=0),
+            "audio": ModuleParallelismConfig(tp=2, dp=2, rank_offset=4),
+            "llm": ModuleParallelismConfig(tp=4, dp=6, rank_offset=8, scalable=True),
         },
         "heterogeneous",
         train,

@@ -65,7 +65,7 @@ def _timed_run(sets, mbs) -> TimedRun:
     counts, flops = micro_batch_counts(job), work_flops_per_rank(job)
     times = {}
     for name in job.layout.module_parallelisms:
-        kind, tp = job.model[name].KIND, job.layout.module_parallelisms[name].tensor_parallel
+        kind, tp = job.model[name].KIND, job.layout.module_parallelisms[name].tp
         flops_per_s = machine.rate(kind, job.model[name].hidden_size, tp, 1.0, "fp32")
         times[f"{name}/fwd"] = comm[name] + counts[name] * machine.micro_batch_s(kind) + flops[name] / flops_per_s
         times[f"{name}/bwd"] = 0.0

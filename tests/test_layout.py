@@ -1,6 +1,6 @@
 """Every layout rule has a failing case here, with its exact one-line message.
 
-The rules live in mimo_toolkit/layout.py (and the node/batch checks in resolve.py); each
+The rules live in mimo_toolkit/layout.py (rank arithmetic) and mimo_toolkit/validation.py; each
 case below breaks exactly one of them starting from a built-in preset, through the same
 ``resolve_job`` every CLI command calls.
 """
@@ -147,4 +147,4 @@ def test_nodes_scaling_that_works(recipe, preset, nodes, world):
     job = resolve_job(recipe, preset, nodes=nodes, sets=["train.global_batch_size=2016"] if nodes == 8 else [])
     assert (job.world_size, job.nodes) == (world, nodes)
     llm = job.config.layout.language
-    assert llm.tensor_parallel == 4 and llm.rank_offset + llm.size == world
+    assert llm.tp == 4 and llm.rank_offset + llm.size == world

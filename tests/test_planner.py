@@ -291,7 +291,7 @@ def test_512_nodes_plan_in_under_a_second():
 
 
 def _module_sizes(layout):
-    return {n: (m.tensor_parallel, m.context_parallel, m.pipeline_parallel, m.data_parallel, m.rank_offset)
+    return {n: (m.tp, m.cp, m.pp, m.dp, m.rank_offset)
             for n, m in layout.module_parallelisms.items()}
 
 

@@ -84,7 +84,7 @@ def _initial_weights(tmp_path, module: str) -> dict:
         job = load_manifest(json.load(open("{tmp_path}/job.json"))).config
         job.layout.deployment_mode = "homogeneous"
         for m in job.layout.module_parallelisms.values():
-            m.tensor_parallel = m.data_parallel = 1
+            m.tp = m.dp = 1
         provider = MimoModelProvider.from_job(job)
         model = provider.provide()
         torch.save(_module_parts(model, "llm")["{module}"].state_dict(), "{out}")

@@ -36,7 +36,7 @@ def recipes() -> None:
 
 
 def _summary(doc: str | None) -> str:
-    """The docstring's first paragraph on one line (Recipe.doc keeps only its first line)."""
+    """The docstring's first paragraph on one line."""
     return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 

@@ -56,7 +56,7 @@ def summary(resolved, rank_map: str = "compact") -> list[str]:
     for name, m in layout.module_parallelisms.items():
         first, last = m.rank_offset, m.rank_offset + m.size - 1
         rows.append((
-            name, str(m.tensor_parallel), str(m.pipeline_parallel), str(m.context_parallel), str(m.dp),
+            name, str(m.tp), str(m.pp), str(m.cp), str(m.dp),
             _span(first, last), _span(first // ppn, last // ppn), _training(cfg, name),
         ))  # fmt: skip
     lines += _table(rows)

@@ -25,10 +25,10 @@ def planned_settings(plan: Plan, candidate: Candidate) -> list[str]:
     out = [f"layout.mode={candidate.mode}"]
     for name, m in layout.module_parallelisms.items():
         out += [
-            f"layout.{name}.tp={m.tensor_parallel}",
-            f"layout.{name}.pp={m.pipeline_parallel}",
-            f"layout.{name}.cp={m.context_parallel}",
-            f"layout.{name}.dp={m.data_parallel}",
+            f"layout.{name}.tp={m.tp}",
+            f"layout.{name}.pp={m.pp}",
+            f"layout.{name}.cp={m.cp}",
+            f"layout.{name}.dp={m.dp}",
             f"layout.{name}.rank_offset={m.rank_offset}",
             f"layout.{name}.scalable={str(m.scalable).lower()}",
         ]

@@ -273,8 +273,8 @@ def work_flops_per_rank(job: JobConfig) -> dict[str, float]:
     for w in module_work(job):
         m = job.layout.module_parallelisms[w.name]
         samples = job.train.global_batch_size / m.dp
-        shards = m.tensor_parallel * m.context_parallel
-        out[w.name] = samples * w.stage_work_flops(m.pipeline_parallel, False) / shards
+        shards = m.tp * m.cp
+        out[w.name] = samples * w.stage_work_flops(m.pp, False) / shards
     return out
 
 
@@ -282,7 +282,7 @@ def micro_batch_counts(job: JobConfig) -> dict[str, float]:
     """Per module, how many times per step one rank pays the module's fixed per-micro-batch
     cost: every global micro-batch, times its heaviest stage's share of the module."""
     micro_batches = job.train.global_batch_size // (job.train.micro_batch_size * job.layout.language.dp)
-    return {w.name: micro_batches * stage_share(w, job.layout.module_parallelisms[w.name].pipeline_parallel)
+    return {w.name: micro_batches * stage_share(w, job.layout.module_parallelisms[w.name].pp)
             for w in module_work(job)}
 
 
@@ -294,12 +294,12 @@ def communication_in_timings(job: JobConfig, machine: Machine) -> dict[str, floa
     problem = make_problem(job, machine, job.cluster.nodes or 1, job.cluster.procs_per_node)
     layout, mode = job.layout, job.layout.deployment_mode
     micro_batches = job.train.global_batch_size // (job.train.micro_batch_size * layout.language.dp)
-    grids = {n: GridSize(m.tensor_parallel, m.context_parallel, m.dp) for n, m in layout.module_parallelisms.items()}
+    grids = {n: GridSize(m.tp, m.cp, m.dp) for n, m in layout.module_parallelisms.items()}
     out = {}
     for w in problem.modules:
         m = layout.module_parallelisms[w.name]
         samples = job.train.micro_batch_size * layout.language.dp // m.dp
-        comm = module_comm_s(problem, w, m.tensor_parallel, m.context_parallel, m.pipeline_parallel, m.dp,
+        comm = module_comm_s(problem, w, m.tp, m.cp, m.pp, m.dp,
                              samples, False, math.inf)
         out[w.name] = micro_batches * comm
         if not w.is_language and mode != "heterogeneous":
@@ -331,7 +331,7 @@ def profile_from_timings(job: JobConfig, device: str, module_seconds: Mapping[st
     fixed = {n: ((micro_batch_seconds or {}).get(n, 0.0), counts[n]) for n in names}
     modules = rates_from_timings(
         work_flops_per_rank(job), module_seconds,
-        {n: w.kind for n, w in names.items()}, {n: layout[n].tensor_parallel for n in names}, fixed,
+        {n: w.kind for n, w in names.items()}, {n: layout[n].tp for n in names}, fixed,
     )
     profile = CalibrationProfile(
         machine=ProfileMachine(device=device, description=description, memory_gib=memory_gib),  # type: ignore[arg-type]

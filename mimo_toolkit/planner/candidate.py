@@ -42,10 +42,10 @@ class Placement:
 
     def to_config(self, scalable: bool) -> ModuleParallelismConfig:
         return ModuleParallelismConfig(
-            tensor_parallel=self.tp,
-            pipeline_parallel=self.pp,
-            context_parallel=self.cp,
-            data_parallel=self.dp,
+            tp=self.tp,
+            pp=self.pp,
+            cp=self.cp,
+            dp=self.dp,
             rank_offset=self.rank_offset,
             scalable=scalable,
         )
@@ -131,12 +131,12 @@ def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int) -
     placements, estimates = [], []
     for w in problem.modules:
         m = layout.module_parallelisms[w.name]
-        args = (problem, w, m.tensor_parallel, m.context_parallel, m.pipeline_parallel, m.dp, mbs * lm.dp // m.dp,
+        args = (problem, w, m.tp, m.cp, m.pp, m.dp, mbs * lm.dp // m.dp,
                 micro_batches)
         est, recompute = estimate_module(*args, False), False
         if est.memory.total > problem.machine.usable_bytes and w.needs_backward:
             est, recompute = estimate_module(*args, True), True
-        placements.append(Placement(w.name, m.tensor_parallel, m.context_parallel, m.pipeline_parallel, m.dp,
+        placements.append(Placement(w.name, m.tp, m.cp, m.pp, m.dp,
                                     m.rank_offset, recompute))
         estimates.append(est)
     return make_candidate(problem, layout.deployment_mode, mbs, placements, estimates, micro_batches)

@@ -16,6 +16,7 @@ from ..overrides import apply_overrides
 from ..recipe import load_recipe
 from ..layout import scale_layout
 from ..resolve import validate
+from ..validation import check_config
 from .calibration import load_profile, machine_from_profile
 from .candidate import Candidate, evaluate_layout
 from .hardware import MACHINE_KINDS, Machine, builtin_machine
@@ -105,7 +106,7 @@ def make_plan(req: PlanRequest) -> Plan:
     recipe = load_recipe(req.recipe)
     job = recipe.build(req.preset)
     apply_overrides(job, req.sets)
-    job.check()
+    check_config(job)
     machine = _machine(req, job)
     nodes = req.nodes if req.nodes is not None else (job.cluster.nodes or 1)
     gpn = req.gpus_per_node if req.gpus_per_node is not None else job.cluster.procs_per_node
@@ -145,7 +146,7 @@ def _current_layout(plan: Plan) -> Candidate | None:
     try:
         job.layout = scale_layout(job.layout, world)
         job.cluster.nodes = plan.nodes
-        validate(job, world)
+        resolved = validate(job, world)
     except UserError:
         return None
-    return evaluate_layout(plan.problem, job.layout, job.train.micro_batch_size)
+    return evaluate_layout(plan.problem, resolved.config.layout, job.train.micro_batch_size)

@@ -2,7 +2,7 @@
 
 The search prunes millions of layouts with the divisibility rules below before it estimates
 anything; they restate, as plain integer tests, the checks of ``mimo_toolkit.layout``
-(``check_model_fit``, ``check_batch_fit``, ``_check_dp_ratios``) so that nothing has to be
+(``validation.check_model_fit``, ``validation.check_batch_fit``, ``layout._check_dp_ratios``) so that nothing has to be
 built per layout. They are a pre-filter, not the authority: every layout the planner returns
 has passed :func:`mimo_toolkit.resolve.validate` on a real JobConfig (:func:`validated_job`),
 and the tests check the two agree on a whole small search space.
@@ -36,7 +36,7 @@ REASONS = {
 
 
 def shape_reason(w: ModuleWork, tp: int, cp: int, pp: int, seq_length: int) -> str | None:
-    """Model fit of one module's tp/cp/pp (``layout.check_model_fit``)."""
+    """Model fit of one module's tp/cp/pp (``validation.check_model_fit``)."""
     if cp > 1 and not w.is_language:
         return "cp_encoder"
     if w.heads % tp or w.query_groups % tp:
@@ -111,7 +111,7 @@ def apply_candidate(job: JobConfig, candidate: Candidate, nodes: int, gpus_per_n
 
 def check_candidate(job: JobConfig, candidate: Candidate, nodes: int, gpus_per_node: int, gpu: bool) -> JobConfig:
     """Apply the candidate to ``job`` (in place; a scratch copy) and run ``resolve.validate``
-    on it; raises :class:`~mimo_toolkit.errors.UserError` with the project's message."""
+    on it; returns the finalized job or raises :class:`~mimo_toolkit.errors.UserError` with
+    the project's message."""
     apply_candidate(job, candidate, nodes, gpus_per_node, gpu)
-    validate(job, nodes * gpus_per_node)
-    return job
+    return validate(job, nodes * gpus_per_node).config

@@ -68,6 +68,3 @@ class Template:
     def prompt(self, history: list[tuple[str, str]], human: str) -> list[int]:
         """Token ids a model continues with its answer to ``human`` after ``history``."""
         return self.encode(history).ids + self._human(human)
-
-    def count_tags(self, text: str) -> dict[str, int]:
-        return {tag: text.count(tag) for tag in self.placeholders}

@@ -128,23 +128,6 @@ class MimoModelProvider:
             backend=backend,
         )
 
-    # ---- compatibility properties (the LLM's layout) --------------------------------------
-    @property
-    def _llm(self):
-        return self._config.language
-
-    @property
-    def tensor_model_parallel_size(self) -> int:
-        return self._llm.tensor_parallel
-
-    @property
-    def pipeline_model_parallel_size(self) -> int:
-        return self._llm.pipeline_parallel
-
-    @property
-    def context_parallel_size(self) -> int:
-        return self._llm.context_parallel
-
     @property
     def _config(self) -> MimoParallelismConfig:
         if self.mimo_parallelism_config is None:
@@ -164,15 +147,15 @@ class MimoModelProvider:
             if not cfg.modules_of_rank(rank):
                 raise ValueError(f"rank {rank} takes part in no module")
         for name, par in cfg.module_parallelisms.items():
-            if name != cfg.language_module and par.pipeline_parallel != 1:
+            if name != cfg.language_module and par.pp != 1:
                 raise ValueError(
-                    f"layout.{name}.pp={par.pipeline_parallel}: encoders run as one pipeline stage "
+                    f"layout.{name}.pp={par.pp}: encoders run as one pipeline stage "
                     f"(megatron-core 0.16.1's CLIPViTModel has no stages); use tp or dp"
                 )
-            if par.context_parallel != 1 and self.backend != "te":
-                raise ValueError(f"layout.{name}.cp={par.context_parallel}: context parallelism needs transformer-engine")
-            if par.expert_parallel != 1:
-                raise ValueError(f"layout.{name}.ep={par.expert_parallel}: the recipes' models have no experts")
+            if par.cp != 1 and self.backend != "te":
+                raise ValueError(f"layout.{name}.cp={par.cp}: context parallelism needs transformer-engine")
+            if par.ep != 1:
+                raise ValueError(f"layout.{name}.ep={par.ep}: the recipes' models have no experts")
         if self.fp16:
             raise ValueError("fp16 needs a loss scaler, which this runtime does not have; use bf16")
         if self.virtual_pipeline_model_parallel_size not in (None, 1):
@@ -243,9 +226,9 @@ class MimoModelProvider:
 
     def initialize_weights(self, model: RankLocalMimoModel) -> None:
         """Layout-independent initialisation of every parameter this rank holds."""
-        infra = self.get_or_build_infra()
+        rank = dist.get_rank()
         for name, part in _module_parts(model, self._config.language_module).items():
-            pgc = infra.pg_collections[name]
+            par = self._config.module_parallelisms[name]
             spec = self.language_model_spec if part is model.language_model else self.modality_submodules_spec[name]
             config = spec.params["config"] if "config" in (spec.params or {}) else _encoder_config(spec, name)
             init_module(
@@ -254,8 +237,8 @@ class MimoModelProvider:
                 module_name=name,
                 std=config.init_method_std,
                 num_layers=config.num_layers,
-                tp_rank=pgc.tp.rank(),
-                tp_size=pgc.tp.size(),
+                tp_rank=par.coordinates(rank)["tp"],  # the layout's arithmetic, as everywhere
+                tp_size=par.tp,
                 vocab_size=self.language_vocab_size if part is model.language_model else None,
             )
 

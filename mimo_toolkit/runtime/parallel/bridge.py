@@ -113,7 +113,7 @@ class P2PBridge(_Bridge):
     def recv_backward(self, module: str, mb: int, media: MediaBatch) -> torch.Tensor:
         pgc = self.pgcs[module]
         total = sum(media.tokens_per_sample)
-        if pgc.tp.rank() == 0:
+        if self._coords(module)["tp"] == 0:
             parts = [
                 self.p2p.recv((len(rows), self.hidden), self.dtype, self.device, self._llm_leader(i), "bridge_bwd", tag=mb)
                 for i, rows in self._enc_chunks(module, media)
@@ -128,7 +128,7 @@ class P2PBridge(_Bridge):
         pgc = self.pgcs[self.layout.language_module]
         chunks = list(self._llm_chunks(module, text))
         total = sum(n for _, n in chunks)
-        if pgc.tp.rank() == 0:
+        if self._coords(self.layout.language_module)["tp"] == 0:
             parts = [
                 self.p2p.recv((n, self.hidden), self.dtype, self.device, self._enc_leader(module, j), "bridge_fwd", tag=mb)
                 for j, n in chunks

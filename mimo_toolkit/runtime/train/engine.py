@@ -164,7 +164,7 @@ class Engine:
             lm.set_input_tensor(x)
             output = lm(input_ids=None, position_ids=None, attention_mask=None)
             inputs = x
-        if stage == self.layout.language.pipeline_parallel - 1:
+        if stage == self.layout.language.pp - 1:
             output = self._loss(output, text)
         else:
             self.p2p.send(output.detach(), self._stage_rank(stage + 1), "pipe_fwd", tag=mb)
@@ -195,7 +195,7 @@ class Engine:
             return
         stage, mb = op.stage, op.microbatch
         inputs, output = self.state.pop((self.lm, mb))
-        if stage == self.layout.language.pipeline_parallel - 1:
+        if stage == self.layout.language.pp - 1:
             torch.autograd.backward(output)
         else:
             grad = self.p2p.recv(output.shape, output.dtype, self.device, self._stage_rank(stage + 1), "pipe_bwd", tag=mb)

@@ -61,7 +61,7 @@ class _Simulation:
     def __init__(self, layout: MimoParallelismConfig, microbatches: int, backward: set[str]) -> None:
         self.lm = layout.language_module
         self.encoders = layout.encoder_names
-        self.pp = layout.language.pipeline_parallel
+        self.pp = layout.language.pp
         self.m = microbatches
         self.backward = backward
         self.offset = 1 if self.encoders else 0

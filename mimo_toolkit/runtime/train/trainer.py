@@ -212,7 +212,7 @@ class Trainer:
         """Tied input/output embeddings on different pipeline stages: sum their gradients."""
         lm = self.model.language_model
         llm_arch = self.job.language_model
-        if lm is None or not llm_arch.tie_embeddings or self.job.layout.language.pipeline_parallel == 1:
+        if lm is None or not llm_arch.tie_embeddings or self.job.layout.language.pp == 1:
             return
         pgc = self.pgcs[self.job.layout.language_module]
         weight = lm.shared_embedding_or_output_weight()

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 64b147bab978
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 5a32f2578574
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #
