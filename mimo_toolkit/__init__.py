@@ -3,7 +3,7 @@
 The package splits into a light half and a heavy half:
 
 * ``config``, ``layout``, ``recipe``, ``overrides``, ``resolve``, ``render``, ``launch``,
-  ``cli`` and ``planner`` are pure Python. Listing, showing, rendering and dry-running a job
+  ``schedulers``, ``cli`` and ``planner`` are pure Python. Listing, showing, rendering and dry-running a job
   never imports torch or megatron-core.
 * ``runtime`` is what runs inside the job under torchrun: the MIMO model provider on
   megatron-core, the module bridge, the schedule, the training loop, data and checkpoints.

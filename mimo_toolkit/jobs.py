@@ -2,8 +2,8 @@
 
 ``submit`` appends one line per job to ``$MIMO_TOOLKIT_HOME/jobs.jsonl`` (default
 ``~/.mimo-toolkit``): scheduler, job id, run directory, name. Live state comes from the
-scheduler (``squeue`` for queued/running Slurm jobs, ``sacct`` once they ended) and from the
-run directory (``exit_status.json``, ``metrics.jsonl``, ``failures/``), so ``status`` can say
+job's scheduler backend (:mod:`mimo_toolkit.schedulers`: squeue/sacct for Slurm, TorchX's
+runner for TorchX apps) and from the run directory (``exit_status.json``, ``metrics.jsonl``, ``failures/``), so ``status`` can say
 both "COMPLETED" and "step 50/50, loss 3.21".
 
 A JOB on the command line is a job id, a job name (the newest with that name) or a run
@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError
 from .run_dir import RunDir
-
-ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
-
 
 def registry_path() -> Path:
     home = os.environ.get("MIMO_TOOLKIT_HOME") or os.path.join(os.path.expanduser("~"), ".mimo-toolkit")
@@ -82,31 +77,18 @@ def find_job(ref: str) -> JobRecord:
 # ---- live state --------------------------------------------------------------------------
 
 
-def _run(cmd: list[str]) -> str:
-    if shutil.which(cmd[0]) is None:
-        return ""
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-    except (subprocess.SubprocessError, OSError):
-        return ""
+def states(records: list[JobRecord]) -> dict[str, str]:
+    """Each job's state by job id: its backend's answer, else the run directory's
+    (:func:`run_state`). One query per backend, whatever the number of jobs."""
+    from .schedulers import get_backend
 
-
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Scheduler state of Slurm jobs: squeue while they are queued or running, sacct after."""
-    if not job_ids:
-        return {}
-    states = {}
-    for line in _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"]).splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    missing = [j for j in job_ids if j not in states]
-    if missing:
-        for line in _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"]).splitlines():
-            parts = line.split("|")
-            if len(parts) == 2:
-                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
-    return states
+    by_backend: dict[str, list[JobRecord]] = {}
+    for rec in records:
+        by_backend.setdefault(rec.scheduler, []).append(rec)
+    answers: dict[str, str] = {}
+    for name, recs in by_backend.items():
+        answers.update(get_backend(name).states(recs))
+    return {rec.job_id: answers.get(rec.job_id) or run_state(rec) for rec in records}
 
 
 def run_state(rec: JobRecord) -> str:
@@ -117,12 +99,15 @@ def run_state(rec: JobRecord) -> str:
     return "RUNNING" if rec.rundir.metrics_file.exists() else "UNKNOWN"
 
 
-def state_of(rec: JobRecord, slurm: dict[str, str] | None = None) -> str:
-    if rec.scheduler == "slurm":
-        states = slurm if slurm is not None else slurm_states([rec.job_id])
-        if rec.job_id in states:
-            return states[rec.job_id]
-    return run_state(rec)
+def state_of(rec: JobRecord) -> str:
+    return states([rec])[rec.job_id]
+
+
+def is_active(rec: JobRecord, state: str) -> bool:
+    """The job may still write logs (``logs --follow`` keeps waiting)."""
+    from .schedulers import get_backend
+
+    return state in get_backend(rec.scheduler).active_states
 
 
 def progress(rec: JobRecord) -> dict:
@@ -183,16 +168,6 @@ def _log_tail(rec: JobRecord, rank: int | None, lines: int = 30) -> str:
 
 
 def cancel(rec: JobRecord) -> str:
-    if rec.scheduler == "slurm":
-        if shutil.which("scancel") is None:
-            raise UserError("scancel not found on PATH: run this on a Slurm login node")
-        proc = subprocess.run(["scancel", rec.job_id], capture_output=True, text=True)
-        if proc.returncode:
-            raise UserError(f"scancel {rec.job_id} failed: {proc.stderr.strip()}")
-        return f"cancelled Slurm job {rec.job_id}"
-    if rec.scheduler == "torchx":
-        proc = subprocess.run(["torchx", "cancel", rec.job_id], capture_output=True, text=True)
-        if proc.returncode:
-            raise UserError(f"torchx cancel {rec.job_id} failed: {proc.stderr.strip()}")
-        return f"cancelled TorchX app {rec.job_id}"
-    raise UserError(f"job {rec.job_id} ran with --scheduler local; stop it with Ctrl-C in its terminal")
+    from .schedulers import get_backend
+
+    return get_backend(rec.scheduler).cancel(rec)

@@ -51,7 +51,7 @@ def test_help_has_an_example(command, tmp_path):
         (["show", "llava", "--set", "layout.llm.tp=3"], "layout.llm.tp=3 does not divide model.llm.num_attention_heads=32"),
         (["show", "llava", "--nodes", "abc"], "Invalid value for '--nodes' / '-n': 'abc' is not a valid integer. (see `mimo-toolkit show --help`)"),
         (["render", "llava", "-s", "slurm"], "Missing option '-o' / '--output-dir'. (see `mimo-toolkit render --help`)"),
-        (["render", "llava", "-s", "pbs", "-o", "out"], "Invalid value for '--scheduler' / '-s': 'pbs' is not one of 'slurm', 'torchx'. (see `mimo-toolkit render --help`)"),
+        (["render", "llava", "-s", "pbs", "-o", "out"], "Invalid value for '--scheduler' / '-s': 'pbs' is not one of 'slurm', 'torchx', 'local'. (see `mimo-toolkit render --help`)"),
         (["render", "llava", "-s", "slurm", "-o", "out", "--job-name", "a\nb"], "job_name='a\\nb': a #SBATCH line cannot hold a newline or other control character"),
         (["render", "llava", "-s", "slurm", "-o", "out", "--template-dir", "nope"], "--template-dir 'nope' is not a directory"),
         (["render", "llava", "-s", "torchx", "-o", "out", "--env", "A=x=y"], "env A='x=y': TorchX's --env K=V,... cannot carry '=', ',', control characters, outer spaces or an empty value; use --scheduler slurm"),
@@ -103,7 +103,7 @@ def test_dry_run_prints_everything_and_writes_nothing(scheduler, tmp_path):
     if scheduler == "slurm":
         assert "#SBATCH --nodes=4" in proc.stdout and last == f"sbatch --parsable {run_dir}/launch/job.sbatch"
     elif scheduler == "torchx":
-        assert "exec torchx run -s slurm mimo.train" in proc.stdout and last == f"bash {run_dir}/launch/torchx.sh"
+        assert "exec torchx run -s slurm mimo.train" in proc.stdout and last.endswith(f"bash {run_dir}/launch/torchx.sh")  # env PATH=... first when torchx is not on PATH
     else:
         assert "--nproc-per-node=32" in last and f"--config {run_dir}/job.json" in last
 

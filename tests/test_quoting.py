@@ -31,7 +31,9 @@ from test_render import (
 
 from mimo_toolkit import components
 from mimo_toolkit.errors import UserError
-from mimo_toolkit.launch import SBATCH_SCRIPT, TORCHX_SCRIPT, render_job, write_job
+from mimo_toolkit.launch import render_job, write_job
+from mimo_toolkit.schedulers.slurm import SBATCH_SCRIPT
+from mimo_toolkit.schedulers.torchx import TORCHX_SCRIPT
 from mimo_toolkit.render import oneline, sbatch
 from mimo_toolkit.resolve import load_manifest, resolve_job
 

@@ -18,7 +18,9 @@ import pytest
 
 from mimo_toolkit import components, render
 from mimo_toolkit.errors import UserError
-from mimo_toolkit.launch import SBATCH_SCRIPT, TORCHX_CONFIG, TORCHX_SCRIPT, render_job, torchx_context, write_job
+from mimo_toolkit.launch import render_job, write_job
+from mimo_toolkit.schedulers.slurm import SBATCH_SCRIPT
+from mimo_toolkit.schedulers.torchx import TORCHX_CONFIG, TORCHX_SCRIPT, torchx_context
 from mimo_toolkit.resolve import load_manifest, resolve_job
 from mimo_toolkit.run_dir import RunDir
 
@@ -34,11 +36,12 @@ FAKE_SRUN = r"""#!/bin/bash
 printf '%s\0' "$@" > "$FAKE_OUT/srun.argv"
 env -0 > "$FAKE_OUT/srun.env"
 for ((i = 1; i < $#; i++)); do [[ ${!i} == --run-dir ]] && { j=$((i + 1)); RUN=${!j}; }; done
-touch "$FAKE_OUT/srun.started"
-if [[ ${FAKE_SRUN:-0} == preempt ]]; then
+if [[ ${FAKE_SRUN:-0} == preempt ]]; then  # the trap is set before the test may signal
   trap 'printf "{\n  \"reason\": \"preempted\"\n}\n" > "$RUN/exit_status.json"; exit 75' USR2 TERM
+  touch "$FAKE_OUT/srun.started"
   for _ in $(seq 500); do sleep 0.02; done  # a test that never signals still ends
 fi
+touch "$FAKE_OUT/srun.started"
 if [[ ${FAKE_SRUN:-0} == completed-then-killed ]]; then
   printf '{\n  "reason": "completed"\n}\n' > "$RUN/exit_status.json"
   exit 137

@@ -32,3 +32,24 @@ def test_submit_local_trains_with_rank_prefixed_logs_and_progress(tmp_path):
     assert json.loads((run_dir / "exit_status.json").read_text())["reason"] == "completed"
     listed = subprocess.run([str(BIN / "mimo-toolkit"), "list"], capture_output=True, text=True, env=env).stdout
     assert "local" in listed and "COMPLETED" in listed and str(run_dir) in listed
+
+
+def test_submit_local_exits_non_zero_when_the_job_fails(tmp_path):
+    """The real console script on a job that refuses its data (a missing image under
+    data.on_bad_sample=stop): the job fails at start, and so must `submit` (exit 1)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    record = {"id": "missing-1", "image": "nowhere.png",
+              "conversations": [{"from": "human", "value": "<image>\nWhat shape?"}, {"from": "gpt", "value": "a disc"}]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [str(BIN / "mimo-toolkit"), "submit", "llava", "--preset", "tiny", "--scheduler", "local",
+         "--run-dir", str(run_dir), "--set", "data.source=llava", "--set", f"data.path={tmp_path / 'train.jsonl'}",
+         "--set", "data.on_bad_sample=stop", "--set", "train.steps=2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert ": FAILED (0/2 steps)" in out and "missing-1" in out, out[-3000:]
+    assert json.loads((run_dir / "exit_status.json").read_text())["reason"] == "failed"
+    assert proc.stdout.splitlines()[-1].startswith("local_cwd://")  # the job id, last on stdout

@@ -67,9 +67,14 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user mistakes exit 2 with one line, no traceback."""
+    """Console-script entry point: user mistakes exit 2 with one line, no traceback.
+
+    With ``standalone_mode=False`` click does not exit: it *returns* what the command
+    returned, or the code of ``ctx.exit(code)``. A command that ends with a status (``submit``
+    returns its job's exit code) therefore returns an int, and that int is the exit code.
+    """
     try:
-        cli.main(args=argv, prog_name="mimo-toolkit", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="mimo-toolkit", standalone_mode=False)
     except UserError as exc:
         click.echo(f"mimo-toolkit: error: {exc}", err=True)
         sys.exit(2)
@@ -81,4 +86,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if type(code) is int else 0)  # noqa: E721 - a bool is no exit code

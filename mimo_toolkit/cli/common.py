@@ -65,10 +65,13 @@ force_option = click.option(
 )
 
 
-def scheduler_option(choices: tuple[str, ...]) -> Callable[[F], F]:
-    return click.option(
-        "--scheduler", "-s", required=True, type=click.Choice(choices), help="Where the job runs."
-    )
+def _scheduler_option() -> Callable[[F], F]:
+    from ..schedulers import NAMES  # the one list of backends (light: no client library)
+
+    return click.option("--scheduler", "-s", required=True, type=click.Choice(NAMES), help="Where the job runs.")
+
+
+scheduler_option = _scheduler_option()
 
 
 def resolve(

@@ -25,7 +25,7 @@ def list_jobs(show_all: bool) -> None:
     if not records:
         click.echo("no jobs submitted yet (see `mimo-toolkit submit --help`)")
         return
-    slurm = jobs.slurm_states([r.job_id for r in records if r.scheduler == "slurm"])
+    states = jobs.states(records)
     click.echo(f"{'JOB':<12} {'SCHEDULER':<9} {'STATE':<11} {'STEP':>9} {'LOSS':>8}  {'SUBMITTED':<16} NAME / RUN DIR")
     for rec in records:
         p = jobs.progress(rec)
@@ -33,7 +33,7 @@ def list_jobs(show_all: bool) -> None:
         loss = f"{p['loss']:.4f}" if p["loss"] is not None else "-"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.submitted)) if rec.submitted else "-"
         click.echo(
-            f"{rec.job_id:<12} {rec.scheduler:<9} {jobs.state_of(rec, slurm):<11} {step:>9} {loss:>8}  {when:<16} "
+            f"{rec.job_id:<12} {rec.scheduler:<9} {states[rec.job_id]:<11} {step:>9} {loss:>8}  {when:<16} "
             f"{rec.job_name}  {rec.run_dir}"
         )
 
@@ -91,15 +91,14 @@ def logs(job: str, rank: int, follow: bool, first_error: bool) -> None:
     if not follow:
         click.echo(path.read_text(errors="replace"), nl=False)
         return
-    ended = lambda: jobs.state_of(rec) not in jobs.ACTIVE_SLURM_STATES | {"RUNNING", "UNKNOWN"}  # noqa: E731
-    for line in jobs.follow(path, done=ended):
+    for line in jobs.follow(path, done=lambda: not jobs.is_active(rec, jobs.state_of(rec))):
         click.echo(line, nl=False)
 
 
 @click.command()
 @click.argument("job")
 def cancel(job: str) -> None:
-    """Cancel a submitted job (scancel for Slurm, torchx cancel for TorchX).
+    """Cancel a submitted job (scancel for Slurm, TorchX's cancel for TorchX apps).
 
     \b
     Example:

@@ -9,7 +9,7 @@ from .common import Command, force_option, job_options, resolve, scheduler_optio
 
 @click.command(cls=Command)
 @job_options
-@scheduler_option(("slurm", "torchx"))
+@scheduler_option
 @template_dir_option
 @force_option
 @click.option("-o", "--output-dir", "run_dir", required=True, metavar="DIR", help="The run directory to write.")
@@ -18,6 +18,7 @@ def render(recipe, preset, nodes, sets, env, job_name, scheduler, template_dir, 
 
     slurm: DIR/job.json and DIR/launch/job.sbatch (submit with sbatch).
     torchx: DIR/job.json, DIR/launch/torchx.sh and DIR/launch/.torchxconfig (run torchx.sh).
+    local: DIR/job.json (`mimo-toolkit submit -s local` runs it).
 
     \b
     Example:

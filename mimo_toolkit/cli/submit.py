@@ -9,7 +9,7 @@ from .common import Command, force_option, job_options, resolve, scheduler_optio
 
 @click.command(cls=Command)
 @job_options
-@scheduler_option(("slurm", "torchx", "local"))
+@scheduler_option
 @template_dir_option
 @force_option
 @click.option("--run-dir", metavar="DIR", help="Run directory (default: ./runs/JOB_NAME-YYYYmmdd-HHMMSS).")
@@ -17,7 +17,10 @@ from .common import Command, force_option, job_options, resolve, scheduler_optio
 @click.pass_context
 def submit(ctx, recipe, preset, nodes, sets, env, job_name, scheduler, template_dir, force, run_dir, dry_run) -> None:
     """Submit RECIPE: slurm runs sbatch, torchx runs torchx.sh, local runs the job here
-    under TorchX's local_cwd scheduler with rank-prefixed logs and a progress bar.
+    under TorchX's local_cwd scheduler with rank-prefixed logs and a progress bar, and
+    exits with the job's code (docs/cli.md: 1 failed, 3 cancelled, 75 preempted).
+
+    Prints the job id (Slurm job id, TorchX app handle) as the last line on stdout.
 
     \b
     Example:
@@ -29,12 +32,11 @@ def submit(ctx, recipe, preset, nodes, sets, env, job_name, scheduler, template_
 
     resolved = resolve(recipe, preset, nodes, sets, env, job_name)
     run_dir = run_dir or launch.default_run_dir(resolved.config.job_name)
+    request = launch.materialize(resolved, scheduler, run_dir, template_dir)
     if dry_run:
-        click.echo(launch.plan(resolved, scheduler, run_dir, template_dir).describe(), nl=False)
+        click.echo(request.describe(), nl=False)
         return
-    result = launch.submit(resolved, scheduler, run_dir, template_dir, force=force, echo=click.echo)
-    if scheduler == "slurm":
-        click.echo(result)
-        click.echo(f"submitted Slurm job {result}; run dir {launch.RunDir(run_dir).path}", err=True)
-    elif scheduler == "local" and result != "SUCCEEDED":
-        ctx.exit(1)
+    submission = launch.submit(request, resolved, force=force, echo=click.echo)
+    click.echo(submission.summary, err=True)
+    click.echo(submission.job_id)
+    ctx.exit(submission.exit_code)  # mimo_toolkit.cli.main turns it into the process's exit code

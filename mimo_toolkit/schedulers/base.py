@@ -1,0 +1,178 @@
+"""The one interface every scheduler backend implements.
+
+Modelled on TorchX's ``schedulers/api.py``: :meth:`Backend.materialize` is pure (it renders
+the launch files and names the command, like ``submit_dryrun``), :meth:`Backend.submit`
+writes those files and runs that command (like ``schedule``), so ``submit --dry-run`` prints
+exactly what a submit runs. The job registry asks the backend of each job for its state and
+to cancel it; logs live in the run directory for every backend.
+
+Pure Python: a backend imports its client library (torchx) only inside its methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import UserError
+from ..render import shquote
+from ..run_dir import JOB_FILE, RunDir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..jobs import JobRecord
+    from ..resolve import ResolvedJob
+
+Echo = Callable[[str], None]
+
+# Exit codes of `mimo-toolkit submit` for a job it waited for (documented in docs/cli.md).
+EXIT_OK = 0
+#: The job failed (a rank raised, was killed, or the job refused its config or data).
+EXIT_FAILED = 1
+#: The job was cancelled (`mimo-toolkit cancel`, scancel, the scheduler).
+EXIT_CANCELLED = 3
+#: The job saved a checkpoint after a preemption signal and stopped (EX_TEMPFAIL: rerun
+#: the same run directory to resume).
+EXIT_PREEMPTED = 75
+
+
+def manifest_text(resolved: "ResolvedJob") -> str:
+    """``job.json``: the resolved config the job reads."""
+    return json.dumps(resolved.manifest(), indent=2, sort_keys=True) + "\n"
+
+
+@dataclass
+class LaunchRequest:
+    """What a submit writes and runs (TorchX's AppDryRunInfo): built once, printed by a dry
+    run, executed by :meth:`Backend.submit`."""
+
+    scheduler: str
+    run_dir: Path
+    files: dict[str, str]
+    """Files to write, ``{path relative to run_dir: text}``; ``job.json`` first."""
+    command: list[str]
+    """The command submit runs (its words)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment the command gets on top of the caller's (shown by a dry run)."""
+    native: object = None
+    """The scheduler library's own request, where the backend hands it to that library."""
+
+    def describe(self) -> str:
+        """The exact files and command, as a dry run prints them."""
+        out = []
+        for rel, text in self.files.items():
+            path = self.run_dir / rel
+            if rel == JOB_FILE:
+                out.append(f"# ---- {path} ({len(text)} bytes; `mimo-toolkit show --config` prints it)\n")
+            else:
+                out.append(f"# ---- {path}\n{text}")
+        words = [f"{k}={shquote(v)}" for k, v in self.env.items()] + [shquote(w) for w in self.command]
+        out.append("# ---- command\n" + (" ".join(["env", *words]) if self.env else " ".join(words)) + "\n")
+        return "\n".join(out)
+
+
+@dataclass
+class Submission:
+    """What a submit started: the job id the registry keeps and, for a backend that waits
+    for its job, how the job ended."""
+
+    job_id: str
+    exit_code: int = EXIT_OK
+    """The exit code `mimo-toolkit submit` ends with."""
+    summary: str = ""
+    """One line for the user (stderr)."""
+
+
+class Backend(ABC):
+    """One scheduler: render (pure), submit, state, cancel."""
+
+    #: The `--scheduler` name.
+    name: str = ""
+    #: Scheduler states in which a job may still write logs (``logs --follow`` waits).
+    active_states: frozenset[str] = frozenset({"PENDING", "RUNNING", "UNKNOWN"})
+
+    @abstractmethod
+    def materialize(
+        self, resolved: "ResolvedJob", run_dir: str | os.PathLike, template_dir: str | os.PathLike | None = None
+    ) -> LaunchRequest:
+        """Render the files and name the command; writes nothing, runs nothing."""
+
+    @abstractmethod
+    def submit(self, request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False,
+               echo: Echo = print) -> Submission:
+        """Write the request's files, run its command, register the job."""
+
+    def states(self, records: list["JobRecord"]) -> dict[str, str]:
+        """The scheduler's state of each job, by job id (those it does not know are left out)."""
+        return {}
+
+    def cancel(self, record: "JobRecord") -> str:
+        raise UserError(f"job {record.job_id}: --scheduler {record.scheduler} jobs cannot be cancelled from here")
+
+    # ---- shared steps ------------------------------------------------------------------
+    def base_files(self, resolved: "ResolvedJob") -> dict[str, str]:
+        """Files every backend writes: ``job.json``."""
+        for mount in resolved.config.cluster.container_mounts:
+            if "," in mount:
+                raise UserError(f"cluster.container_mounts entry {mount!r}: pyxis splits mounts on commas")
+        return {JOB_FILE: manifest_text(resolved)}
+
+    def register(self, resolved: "ResolvedJob", job_id: str, run_dir: str | os.PathLike) -> None:
+        """Remember the job for `mimo-toolkit list/status/logs/cancel`."""
+        from ..jobs import JobRecord, record_submission
+
+        cfg = resolved.config
+        record_submission(JobRecord(job_id, self.name, str(RunDir(run_dir).path), cfg.job_name, cfg.recipe,
+                                    cfg.preset, time.time()))
+
+
+def write_files(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False) -> list[Path]:
+    """Write a request's files (scripts executable) and ``logs/``; returns their paths.
+
+    Refuses a run directory that holds another config's job.json (its checkpoints would be
+    resumed by the wrong job) unless ``force``.
+    """
+    rd = RunDir(request.run_dir)
+    _check_run_dir(rd, resolved, force)
+    rd.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm will not create --output's directory
+    paths = []
+    for rel, text in request.files.items():
+        path = rd.path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if rel.endswith((".sh", ".sbatch")):
+            path.chmod(0o755)
+        paths.append(path)
+    return paths
+
+
+def _check_run_dir(rd: RunDir, resolved: "ResolvedJob", force: bool) -> None:
+    if force or not rd.job_file.exists():
+        return
+    try:
+        old = json.loads(rd.job_file.read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    new = resolved.config.config_hash()
+    if old != new:
+        raise UserError(
+            f"{rd.path} already holds a run of another config ({old}, this one is {new}); "
+            "use another directory or --force"
+        )
+
+
+def exit_code_of_run(rd: RunDir, state: str) -> int:
+    """The submit exit code for a job that ended in scheduler ``state`` (SUCCEEDED/COMPLETED,
+    FAILED, CANCELLED, ...), refined by the run's own exit_status.json."""
+    reason = (rd.read_exit_status() or {}).get("reason")
+    if state.startswith("CANCELLED"):
+        return EXIT_CANCELLED
+    if state in ("SUCCEEDED", "COMPLETED") or reason == "completed":
+        return EXIT_OK  # a completed run whose shutdown was signalled still completed
+    if reason == "preempted":
+        return EXIT_PREEMPTED
+    return EXIT_FAILED
