@@ -13,10 +13,15 @@ changing the result, so a user's cluster preset is a few lines in their own file
         job.cluster.account = "my-account"
         return job
 
+A file like this one, with no ``recipe`` of its own, *extends* the recipe its presets are
+registered on: loading it gives that recipe with the file's presets first, the first of
+them the default (``mimo-toolkit submit mycluster.py --preset mycluster``).
+
 ``RECIPE`` on the command line is a built-in name (``llava``), a ``.py`` path (its
-``recipe`` object), or ``module:attr`` / ``path.py:attr`` naming a Recipe or a function
-returning a JobConfig. Directories in ``$MIMO_TOOLKIT_RECIPE_PATH`` (colon separated) are
-searched for ``<name>.py`` after the built-in recipes and are listed by ``recipes``.
+``recipe`` object, or the recipe it extends), or ``module:attr`` / ``path.py:attr`` naming
+a Recipe or a function returning a JobConfig. Directories in ``$MIMO_TOOLKIT_RECIPE_PATH``
+(colon separated) are searched for ``<name>.py`` after the built-in recipes and are listed
+by ``recipes``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class Recipe:
         self.presets: dict[str, PresetFn] = {}
         self.default_preset: str | None = None
         self.source: str = ""
+        self.extends: str | None = None
+        """Set on the view of a file that only adds presets to this recipe (its name)."""
+        self.own_presets: list[str] = []
+        """The presets that file defines (``extends`` set)."""
 
     def preset(self, name: str | None = None, *, default: bool = False) -> Callable[[PresetFn], PresetFn]:
         """Register a preset function under ``name`` (default: the function's name)."""
@@ -71,17 +80,25 @@ class Recipe:
         job = self.presets[key]()
         if not isinstance(job, JobConfig):
             raise UserError(f"preset {self.name}:{key} returned {type(job).__name__}, not a JobConfig")
+        # A preset built from another (`llava.build("4node")`) carries that one's default
+        # job name; the default name is always this recipe's and preset's.
+        if not job.job_name or job.job_name == f"{job.recipe}-{job.preset}":
+            job.job_name = f"{self.name}-{key}"
         job.recipe = self.name
         job.preset = key
-        if not job.job_name:
-            job.job_name = f"{self.name}-{key}"
         return job
 
 
 @dataclass(frozen=True)
 class RecipeEntry:
     name: str
+    """What to type as RECIPE (a built-in name, or a file's stem on the search path)."""
     origin: str
+    """'built-in' or the search-path directory."""
+    spec: str
+    """What :func:`load_recipe` loads (the name, or the file's path)."""
+    shadowed: bool = False
+    """A file whose name a built-in recipe (or an earlier file) takes."""
 
 
 def _closest(word: str, choices) -> str:
@@ -102,13 +119,16 @@ def _search_dirs() -> list[Path]:
 
 def iter_recipes() -> Iterator[RecipeEntry]:
     """Built-in recipes, then recipe files found on ``$MIMO_TOOLKIT_RECIPE_PATH``."""
+    seen = set()
     for info in sorted(pkgutil.iter_modules([str(_builtin_dir())]), key=lambda i: i.name):
         if not info.name.startswith("_"):
-            yield RecipeEntry(info.name, "built-in")
+            seen.add(info.name)
+            yield RecipeEntry(info.name, "built-in", info.name)
     for directory in _search_dirs():
         for path in sorted(directory.glob("*.py")):
             if not path.name.startswith("_"):
-                yield RecipeEntry(str(path), str(directory))
+                yield RecipeEntry(path.stem, str(directory), str(path), shadowed=path.stem in seen)
+                seen.add(path.stem)
 
 
 def _load_file(path: Path):
@@ -158,12 +178,41 @@ def load_recipe(spec: str) -> Recipe:
         origin = target
     else:
         module, origin = _load_named(spec)
-    name = attr or "recipe"
-    if not hasattr(module, name):
-        raise UserError(f"{origin} has no attribute {name!r} (a recipe module defines `recipe = Recipe(...)`)")
-    recipe = _as_recipe(getattr(module, name), f"{origin}:{name}")
+    if attr is None and not hasattr(module, "recipe"):
+        recipe = _extended_recipe(module, origin)
+    else:
+        name = attr or "recipe"
+        if not hasattr(module, name):
+            raise UserError(f"{origin} has no attribute {name!r}")
+        recipe = _as_recipe(getattr(module, name), f"{origin}:{name}")
     recipe.source = origin
     return recipe
+
+
+def _extended_recipe(module, origin: str) -> Recipe:
+    """The recipe a file without ``recipe`` adds presets to (``@llava.preset(...)``), as a
+    view: the file's presets first (the first is the default), then the recipe's own."""
+    found: dict[int, tuple[Recipe, list[str]]] = {}
+    for obj in vars(module).values():
+        if isinstance(obj, Recipe):
+            own = [k for k, fn in obj.presets.items() if getattr(fn, "__module__", None) == module.__name__]
+            if own:
+                found[id(obj)] = (obj, own)
+    if len(found) != 1:
+        named = ", ".join(sorted(r.name for r, _ in found.values()))
+        raise UserError(
+            f"{origin} has no `recipe = Recipe(...)` and "
+            + (f"adds presets to several recipes ({named}); give it a `recipe`" if found else
+               "registers no preset (decorate preset functions with `@<recipe>.preset(\"name\")`)")
+        )
+    base, own = next(iter(found.values()))
+    if own == list(base.presets):  # the file's own Recipe, under another name than `recipe`
+        return base
+    view = Recipe(base.name, base.description)
+    view.presets = {k: base.presets[k] for k in own} | {k: f for k, f in base.presets.items() if k not in own}
+    view.default_preset = own[0]
+    view.extends, view.own_presets = base.name, own
+    return view
 
 
 def _load_named(name: str):

@@ -198,3 +198,69 @@ def test_submit_local_streams_rank_logs_and_progress(fail, tmp_path, monkeypatch
     written = load_manifest(json.loads((tmp_path / "run" / "job.json").read_text()))
     expected = resolve_job("llava", "tiny", sets=["train.steps=20"], env=env)
     assert written.config.config_hash() == expected.config.config_hash()
+
+
+# ---- recipe files of one's own ----------------------------------------------------------
+
+PRESET_FILE = '''
+from mimo_toolkit.recipes.llava import recipe as llava
+
+@llava.preset("mycluster")
+def mycluster():
+    """4 nodes of our H100 partition."""
+    job = llava.build("4node")
+    job.cluster.partition = "h100"
+    return job
+
+@llava.preset("mycluster-small")
+def small():
+    """Ours, one node."""
+    job = llava.build("mycluster")
+    job.cluster.nodes = 1
+    job.layout.module_parallelisms["vision"].dp = 1
+    job.layout.module_parallelisms["llm"].dp = 1
+    job.layout.module_parallelisms["llm"].rank_offset = 4
+    return job
+'''
+
+
+def test_a_file_of_presets_extends_the_recipe_they_are_registered_on(tmp_path):
+    """README's "Your own cluster preset": no `recipe` in the file; its presets come first,
+    the first is the default, the job is named after the preset, and it works by path and
+    from $MIMO_TOOLKIT_RECIPE_PATH (listed by `recipes`)."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "mycluster.py").write_text(PRESET_FILE)
+    by_path = mimo("show", "dir/mycluster.py", "--config", cwd=tmp_path)
+    assert by_path.returncode == 0, by_path.stderr
+    job = json.loads(by_path.stdout)["job"]
+    assert (job["recipe"], job["preset"], job["job_name"], job["cluster"]["partition"]) == ("llava", "mycluster", "llava-mycluster", "h100")
+    env = dict(os.environ, MIMO_TOOLKIT_RECIPE_PATH=str(tmp_path / "dir"))
+    small = mimo("show", "mycluster", "-p", "mycluster-small", "--rank-map", "none", cwd=tmp_path, env=env)
+    assert small.returncode == 0, small.stderr
+    assert small.stdout.startswith("llava/mycluster-small: heterogeneous layout")
+    assert "world size 8 = 1 node(s)" in small.stdout
+    listed = mimo("recipes", cwd=tmp_path, env=env).stdout.splitlines()
+    at = listed.index(f"mycluster  presets for llava (LLaVA-1.5: CLIP ViT-L/14-336 + MLP projector + Vicuna-7B)  [{tmp_path}/dir/mycluster.py]")
+    assert listed[at + 1 : at + 4] == [
+        "  mycluster (default)  4 nodes of our H100 partition.",
+        "  mycluster-small      Ours, one node.",
+        "  (and llava's presets: tiny, 1node, 4node)",
+    ]
+    assert "  tiny             2 CPU processes over gloo: LLM TP2, vision DP2 (colocated); everything trains." in listed
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x = 1\n", "has no `recipe = Recipe(...)` and registers no preset (decorate preset functions with `@<recipe>.preset(\"name\")`)"),
+        ("from mimo_toolkit.recipes import llava, multi_encoder\n"
+         "@llava.recipe.preset('a')\ndef a(): return llava.recipe.build('tiny')\n"
+         "@multi_encoder.recipe.preset('b')\ndef b(): return multi_encoder.recipe.build('tiny')\n"
+         "l, m = llava.recipe, multi_encoder.recipe\n",
+         "has no `recipe = Recipe(...)` and adds presets to several recipes (llava, multi_encoder); give it a `recipe`"),
+    ],
+)  # fmt: skip
+def test_a_recipe_file_without_recipe_or_presets_is_refused(text, message, tmp_path):
+    (tmp_path / "mine.py").write_text(text)
+    proc = mimo("show", "mine.py", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == f"mimo-toolkit: error: mine.py {message}\n"

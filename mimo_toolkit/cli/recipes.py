@@ -13,7 +13,8 @@ def recipes() -> None:
     """List recipes and their presets.
 
     Built-in recipes come first, then *.py files in the directories of
-    $MIMO_TOOLKIT_RECIPE_PATH. "(default)" marks the preset used without --preset.
+    $MIMO_TOOLKIT_RECIPE_PATH (use a file's name without .py as RECIPE).
+    "(default)" marks the preset used without --preset.
 
     \b
     Example:
@@ -23,16 +24,27 @@ def recipes() -> None:
     from ..recipe import iter_recipes, load_recipe
 
     for entry in iter_recipes():
-        try:
-            recipe = load_recipe(entry.name)
-        except UserError as exc:  # one broken user file should not hide the others
-            click.echo(f"{entry.name}  (cannot load: {exc})")
+        origin = "" if entry.origin == "built-in" else f"  [{entry.spec}]"
+        if entry.shadowed:
+            click.echo(f"{entry.name}  (not used: an earlier recipe has this name){origin}")
             continue
-        origin = "" if entry.origin == "built-in" else f"  [{entry.origin}]"
-        click.echo(f"{recipe.name}  {recipe.description}{origin}")
-        width = max(len(_label(recipe, p)) for p in recipe.presets) if recipe.presets else 0
-        for preset in recipe.presets:
+        try:
+            recipe = load_recipe(entry.spec)
+        except UserError as exc:  # one broken user file should not hide the others
+            click.echo(f"{entry.name}  (cannot load: {exc}){origin}")
+            continue
+        if recipe.extends:
+            shown = recipe.own_presets
+            click.echo(f"{entry.name}  presets for {recipe.extends} ({recipe.description}){origin}")
+        else:
+            shown = list(recipe.presets)
+            click.echo(f"{entry.name}  {recipe.description}{origin}")
+        width = max(len(_label(recipe, p)) for p in shown) if shown else 0
+        for preset in shown:
             click.echo(f"  {_label(recipe, preset):<{width}}  {_summary(recipe.presets[preset].__doc__)}")
+        if recipe.extends:
+            others = [p for p in recipe.presets if p not in shown]
+            click.echo(f"  (and {recipe.extends}'s presets: {', '.join(others)})")
 
 
 def _summary(doc: str | None) -> str:
