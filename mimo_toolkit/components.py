@@ -19,11 +19,7 @@ import torchx
 import torchx.specs as specs
 from torchx.specs import macros
 
-# Kept equal to mimo_toolkit.render's constants (tests check it); not imported from there so
-# that loading this component costs TorchX nothing beyond torchx.specs.
-_TRAIN_MODULE = "mimo_toolkit.train"
-_TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
-_LOG_LINE_PREFIX = "[rank${rank}] "
+from mimo_toolkit import torchrun as _torchrun  # pure: the torchrun command line, built once
 
 
 def train(
@@ -72,20 +68,19 @@ def train(
         endpoint = "localhost:0"  # one agent: let torchrun pick a free port
     else:
         # expanded by the node's shell: the scheduler names the first node in this variable
-        endpoint = f"$${{{macros.rank0_env}:=localhost}}:{rdzv_port}"
-    torchrun = shlex.join([
-        python, "-m", "torch.distributed.run",
-        f"--nnodes={nnodes}",
-        f"--nproc-per-node={nproc_per_node}",
-        "--rdzv-backend=c10d",
-        "--max-restarts=0",
-        f"--signals-to-handle={_TORCHRUN_SIGNALS}",
-        "--tee=3",
-    ])  # fmt: skip
-    entry = shlex.join(["-m", _TRAIN_MODULE, "--config", config, "--run-dir", run_dir])
-    # "$$" keeps a literal "$" through TorchX's macro substitution (string.Template) of args and env
-    command = f"exec {torchrun.replace('$', '$$')} --rdzv-endpoint={endpoint} --rdzv-id={macros.app_id} {entry.replace('$', '$$')}"
-    role_env = {"PYTHONUNBUFFERED": "1", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": _LOG_LINE_PREFIX}
+        endpoint = _torchrun.ShellExpr(f"$${{{macros.rank0_env}:=localhost}}:{rdzv_port}")
+    words = _torchrun.torchrun_args(
+        python=python,
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        rdzv_endpoint=endpoint,
+        rdzv_id=_torchrun.ShellExpr(macros.app_id),  # TorchX substitutes the app id
+        module_args=_torchrun.train_args(config, run_dir),
+    )
+    # "$$" keeps a literal "$" through TorchX's macro substitution (string.Template) of args
+    # and env; the two expressions above are written for it already.
+    command = "exec " + _torchrun.shell_words(words, lambda w: shlex.quote(w).replace("$", "$$"))
+    role_env = {"PYTHONUNBUFFERED": "1", "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": _torchrun.LOG_LINE_PREFIX}
     role_env.update(env or {})
     return specs.AppDef(
         name=job_name,

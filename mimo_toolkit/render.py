@@ -9,7 +9,8 @@ one jinja2 environment whose settings exist to keep shell scripts correct:
   lines the template shows.
 
 Values never reach a shell or a Slurm directive unquoted. The filters here are the only
-quoting the templates use: ``shquote`` (bash words), ``sbatch`` (``#SBATCH`` values, which
+quoting the templates use: ``shquote`` (bash words), ``shwords`` (an argument list),
+``sbatch`` (``#SBATCH`` values, which
 Slurm parses with its own quoting rules and which cannot span lines), ``slurm_pattern``
 (paths inside ``--output`` patterns), ``ini`` (``.torchxconfig`` values) and ``oneline``
 (values shown in comments). Every variable a template receives is documented in
@@ -28,19 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .run_dir import RunDir
+from .torchrun import LOG_LINE_PREFIX, TRAIN_MODULE, shell_words
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
 
     from .resolve import ResolvedJob
-
-#: The in-job entrypoint every launch runs (``python -m mimo_toolkit.train``).
-TRAIN_MODULE = "mimo_toolkit.train"
-#: Signals torchrun forwards to its workers (torch's torchrun forwards extra signals only
-#: when asked; SIGUSR2 is the preemption warning, never SIGUSR1: NCCL uses it).
-TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
-#: torchrun's per-line prefix (``--tee=3``): the *global* rank, e.g. ``[rank3] loss ...``.
-LOG_LINE_PREFIX = "[rank${rank}] "
 
 PACKAGE_TEMPLATES = "mimo_toolkit.templates"
 
@@ -108,6 +102,12 @@ def oneline(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)[1:-1]
 
 
+def shwords(words: list[str], sep: str = " ") -> str:
+    """An argument list as bash words (``torchrun``): each word through :func:`shquote`,
+    except the launcher's own shell expressions (:class:`mimo_toolkit.torchrun.ShellExpr`)."""
+    return shell_words(words, shquote, sep)
+
+
 def to_json(value: Any) -> str:
     """JSON on one line (a list shown in a comment); unlike jinja's ``tojson``, no HTML escapes."""
     return json.dumps(value, ensure_ascii=False)
@@ -115,6 +115,7 @@ def to_json(value: Any) -> str:
 
 FILTERS = {
     "shquote": shquote,
+    "shwords": shwords,
     "sbatch": sbatch,
     "slurm_pattern": slurm_pattern,
     "ini": ini,
@@ -208,7 +209,6 @@ def context(resolved: "ResolvedJob", run_dir: str | os.PathLike) -> dict[str, An
         "trap_signals": list(dict.fromkeys([signal_name, "TERM"])),
         "max_restarts": cluster.max_restarts,
         "train_module": TRAIN_MODULE,
-        "torchrun_signals": TORCHRUN_SIGNALS,
         "log_line_prefix": LOG_LINE_PREFIX,
         "shutdown_timeout_s": shutdown_timeout_s(cluster.signal),
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.run_dir import RunDir
+from mimo_toolkit.torchrun import torchrun_args, train_args
 
 # Sizes chosen so that the vision encoder (+projector) and the LLM cost about the same per
 # micro-batch (fwd+bwd) on this CPU: checked by the "alone" line the script prints.
@@ -49,8 +50,8 @@ def run(sets: list[str], world: int) -> list[dict]:
     resolved = resolve_job("llava", "tiny", sets=sets)
     (run_dir / "job.json").write_text(json.dumps(resolved.manifest()))
     env = {**os.environ, "MIMO_CPU_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "-m", "mimo_toolkit.train",
-           "--config", str(run_dir / "job.json"), "--run-dir", str(run_dir)]
+    cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=world, rdzv_endpoint="localhost:0",
+                        module_args=train_args(str(run_dir / "job.json"), str(run_dir)))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"job failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mimo_toolkit import components
+from mimo_toolkit import torchrun
 from mimo_toolkit.cli import cli
 from mimo_toolkit.resolve import load_manifest, resolve_job
 
@@ -183,7 +183,7 @@ if os.environ.get("FAKE_FAIL") == str(rank):
 @pytest.mark.parametrize("fail", [False, True])
 def test_submit_local_streams_rank_logs_and_progress(fail, tmp_path, monkeypatch):
     (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
-    monkeypatch.setattr(components, "_TRAIN_MODULE", "fake_train")
+    monkeypatch.setattr(torchrun, "TRAIN_MODULE", "fake_train")
     monkeypatch.chdir(tmp_path)
     env = [f"PYTHONPATH={tmp_path}"] + (["FAKE_FAIL=1"] if fail else [])
     args = ["submit", "llava", "-p", "tiny", "-s", "local", "--run-dir", "run", "--set", "train.steps=20"]

@@ -19,7 +19,7 @@ import pytest
 from mimo_toolkit import components, render
 from mimo_toolkit.errors import UserError
 from mimo_toolkit.launch import render_job, write_job
-from mimo_toolkit.schedulers.slurm import SBATCH_SCRIPT
+from mimo_toolkit.schedulers.slurm import SBATCH_SCRIPT, slurm_context
 from mimo_toolkit.schedulers.torchx import TORCHX_CONFIG, TORCHX_SCRIPT, torchx_context
 from mimo_toolkit.resolve import load_manifest, resolve_job
 from mimo_toolkit.run_dir import RunDir
@@ -364,10 +364,21 @@ def test_torchx_rejects_what_torchx_cannot_carry():
         render_files("llava", "4node", "torchx", sets=["cluster.mem=lots"])
 
 
-def test_component_matches_the_slurm_template():
-    assert components._TRAIN_MODULE == render.TRAIN_MODULE
-    assert components._TORCHRUN_SIGNALS == render.TORCHRUN_SIGNALS
-    assert components._LOG_LINE_PREFIX == render.LOG_LINE_PREFIX
+def test_every_launcher_runs_the_same_torchrun_words(tmp_path):
+    """The torchrun command line is built once (mimo_toolkit/torchrun.py): the batch script
+    and the TorchX component run the same words, up to the values only each launcher knows."""
+    from torchx.specs import macros
+
+    code, out, run_dir = run_sbatch_script(tmp_path)
+    assert code == 0, out
+    srun = read_nul(tmp_path / "out" / "srun.argv")
+    sbatch_words = srun[srun.index("python3"):]
+    role = components.train(str(run_dir / "job.json"), str(run_dir), nnodes=4, nproc_per_node=8).roles[0]
+    role = macros.Values(img_root="", app_id="4242", replica_id="0", rank0_env="HEAD").apply(role)
+    env = {"HEAD": "10.1.2.3"}
+    command = subprocess.run(["bash", "-c", "printf '%s\\0' " + role.args[1].removeprefix("exec ")],
+                             env=env, capture_output=True, text=True).stdout.split("\0")[:-1]
+    assert command == [w.replace("10.1.2.3:19242", "10.1.2.3:29500") for w in sbatch_words]
     single = components.train("/r/job.json", "/r", nnodes=1, nproc_per_node=4).roles[0]
     assert "--rdzv-endpoint=localhost:0" in single.args[1]
 
@@ -417,6 +428,7 @@ def test_readme_documents_every_template_variable():
     readme = (REPO / "templates" / "README.md").read_text()
     resolved = resolve_job("llava", "4node")
     names = set(render.context(resolved, "/r")) | set(torchx_context(resolved, RunDir("/r")))
+    names |= set(slurm_context(resolved))
     names |= set(render.FILTERS)
     missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}(" not in readme)
     assert not missing, f"templates/README.md does not document {missing}"

@@ -34,6 +34,7 @@ from ..launch import write_job
 from ..render import job_env
 from ..resolve import resolve_job
 from ..run_dir import RunDir
+from ..torchrun import TRAIN_MODULE, torchrun_args, train_args
 from .calibration import (
     CalibrationProfile,
     ProfileComm,
@@ -120,10 +121,10 @@ class TimedRun:
         return statistics.median(self.step_seconds()[WARMUP:])
 
 
-def torchrun(nproc: int, args: Sequence[str]) -> list[str]:
+def torchrun(nproc: int, module: str, args: Sequence[str]) -> list[str]:
     """One node's torchrun on a free port (several jobs may share this machine)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "--max-restarts=0", *args]
+    return torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=nproc, rdzv_endpoint="localhost:0",
+                         module=module, module_args=args)
 
 
 def _env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -158,8 +159,7 @@ def run_training(recipe: str, preset: str | None, sets: Sequence[str], steps: in
     run_dir.mkdir(parents=True, exist_ok=True)
     write_job(resolved, "local", run_dir, force=True)
     rd = RunDir(run_dir)
-    cmd = torchrun(resolved.world_size, ["-m", "mimo_toolkit.train", "--config", str(rd.job_file),
-                                         "--run-dir", str(rd.path)])
+    cmd = torchrun(resolved.world_size, TRAIN_MODULE, train_args(str(rd.job_file), str(rd.path)))
     foreign, wall = _run(cmd, _env(threads, job_env(resolved)), rd.log_dir / "torchrun.log", timeout)
     rows = rd.read_metrics()
     if len(rows) <= WARMUP:
@@ -188,7 +188,7 @@ def quiet_run(run: Callable[[], TimedRun], procs: int, echo: Echo, attempts: int
 def measure_comm(work: Path, threads: int = 1, ranks: int = 2) -> ProfileComm:
     """Bus bandwidth and latency of gloo all-reduces between ``ranks`` processes here."""
     out = work / "commbench.json"
-    cmd = torchrun(ranks, ["-m", "mimo_toolkit.planner.commbench", str(out)])
+    cmd = torchrun(ranks, "mimo_toolkit.planner.commbench", [str(out)])
     _run(cmd, _env(threads), work / "commbench.log", timeout=120)
     data = json.loads(out.read_text())
     return comm_from_allreduces(data["ranks"], [tuple(p) for p in data["allreduce"]])

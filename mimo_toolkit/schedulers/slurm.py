@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import UserError
 from ..render import context, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
+from ..torchrun import ShellExpr, torchrun_args, train_args
 from .base import Backend, Echo, LaunchRequest, Submission, write_files
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,9 @@ class SlurmBackend(Backend):
 
     def materialize(self, resolved: "ResolvedJob", run_dir, template_dir=None) -> LaunchRequest:
         files = self.base_files(resolved)
-        files[SBATCH_SCRIPT] = render_template("slurm.sbatch.j2", context(resolved, run_dir), template_dir)
+        ctx = context(resolved, run_dir)
+        ctx.update(slurm_context(resolved))
+        files[SBATCH_SCRIPT] = render_template("slurm.sbatch.j2", ctx, template_dir)
         rd = RunDir(run_dir)
         return LaunchRequest(self.name, rd.path, files, ["sbatch", "--parsable", str(rd.path / SBATCH_SCRIPT)])
 
@@ -59,6 +62,24 @@ class SlurmBackend(Backend):
         if proc.returncode:
             raise UserError(f"scancel {record.job_id} failed: {proc.stderr.strip()}")
         return f"cancelled Slurm job {record.job_id}"
+
+
+def slurm_context(resolved: "ResolvedJob") -> dict:
+    """Template variables of slurm.sbatch.j2 only (templates/README.md)."""
+    return {"torchrun": sbatch_torchrun(resolved)}
+
+
+def sbatch_torchrun(resolved: "ResolvedJob") -> list[str]:
+    """torchrun as the batch script runs it on every node: node count, head address, port
+    and paths from the script's own variables (``$SLURM_NNODES``, ``$HEAD_ADDR:$PORT``, ...)."""
+    return torchrun_args(
+        python=resolved.config.cluster.python,
+        nnodes=ShellExpr('"$SLURM_NNODES"'),
+        nproc_per_node=resolved.procs_per_node,
+        rdzv_endpoint=ShellExpr('"$HEAD_ADDR:$PORT"'),
+        rdzv_id=ShellExpr('"$SLURM_JOB_ID"'),
+        module_args=train_args(ShellExpr('"$JOB_FILE"'), ShellExpr('"$RUN_DIR"')),
+    )
 
 
 def _run(cmd: list[str]) -> str:
