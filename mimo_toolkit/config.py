@@ -184,6 +184,15 @@ class TrainConfig:
     """Evaluate on the validation split every N steps; 0: never during training."""
     timeout_s: int = 60
     """A collective that waits longer than this ends the job (no hangs)."""
+    loggers: list[str] | None = None
+    """Experiment trackers besides metrics.jsonl: any of tensorboard, wandb, mlflow (comma
+    separated; [] for none). None: tensorboard when it is installed where the job runs."""
+    wandb_project: str = "mimo-toolkit"
+    """W&B project (offline unless WANDB_MODE says otherwise or WANDB_API_KEY is set)."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (None: a file store in RUN_DIR/mlruns)."""
+    mlflow_experiment: str | None = None
+    """MLflow experiment (None: the recipe's name)."""
 
 
 @dataclass(kw_only=True)
@@ -320,6 +329,10 @@ class JobConfig:
 
     def copy(self) -> "JobConfig":
         return JobConfig.from_dict(self.to_dict())
+
+#: Experiment tracker (``train.loggers``) -> the Python package it needs; each is an extra of
+#: the same name (``pip install 'mimo-toolkit[wandb]'``).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def replace(obj: Any, **changes: Any) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from .config import JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
+from .config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
 from .errors import LayoutError, UserError
 
 # ---- the config by itself -----------------------------------------------------------------
@@ -96,6 +96,22 @@ def _check_train(t: TrainConfig) -> None:
         raise UserError(f"train.lr={t.lr} and train.min_lr={t.min_lr} need 0 <= min_lr <= lr, lr > 0")
     if t.timeout_s < 5:
         raise UserError(f"train.timeout_s={t.timeout_s} must be >= 5")
+    _check_loggers(t.loggers or [])
+
+
+def _check_loggers(names: list[str]) -> None:
+    """Named trackers must be known and importable (found without importing them)."""
+    import importlib.util
+
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise UserError(f"train.loggers: unknown logger {name!r}; expected any of {', '.join(TRACKER_PACKAGES)}")
+        package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            raise UserError(
+                f"train.loggers={name}: the {package!r} package is not installed "
+                f"(pip install 'mimo-toolkit[{name}]', where the job runs too)"
+            )
 
 
 _SIGNAL = re.compile(r"(USR2|TERM|INT|HUP)@[0-9]+")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ...run_dir import RunDir
+from .trackers import log_all
 
 
 def model_flops_per_step(job) -> float:
@@ -47,13 +48,15 @@ def slowest_times(times: dict[str, float], keys: list[str], device: torch.device
 
 
 class MetricsLog:
-    """Appends metrics (rank 0 only) and prints progress."""
+    """Appends metrics (rank 0 only) to metrics.jsonl and the experiment trackers
+    (``trackers.py``), and prints progress."""
 
     def __init__(self, run_dir: RunDir, rank: int, total_steps: int, log_interval: int) -> None:
         self.enabled = rank == 0
         self.path = run_dir.metrics_file
         self.total = total_steps
         self.interval = log_interval
+        self.trackers: list = []
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -63,6 +66,7 @@ class MetricsLog:
         row = {"time": round(time.time(), 3), **row}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        log_all(self.trackers, row)
         step = row["step"]
         if step % self.interval == 0 or step == self.total or "valid_loss" in row:
             parts = [
@@ -80,6 +84,12 @@ class MetricsLog:
             if row.get("skipped"):
                 parts.append("SKIPPED (inf/nan)")
             print(" | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        """Finish the trackers' runs (flushes W&B's offline run and TensorBoard's events)."""
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def say(self, message: str) -> None:
         if self.enabled:

@@ -34,6 +34,7 @@ from .engine import Engine
 from .metrics import MetricsLog, model_flops_per_step, peak_flops_per_device, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
 from .schedule import build_schedule, roles_of_rank
+from .trackers import open_trackers
 
 
 def backward_modules(job: JobConfig) -> set[str]:
@@ -116,6 +117,13 @@ class Trainer:
         if self.bad_report:
             self.metrics.say(f"[mimo-toolkit] data: skipping {self.bad_report}")
         self.step = self.resume()
+        self.metrics.trackers = open_trackers(self.job, self.run_dir, self.rank, self.step)
+        try:
+            return self._train_loop()
+        finally:
+            self.metrics.close()
+
+    def _train_loop(self) -> int:
         train = self.job.train
         last_saved = self.step
         if self.step < train.steps and self._stop_agreed():
