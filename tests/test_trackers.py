@@ -25,7 +25,7 @@ def test_rows_flatten_to_scalars_and_config_to_hyperparameters():
     job: JobConfig = load_recipe("llava").build("tiny")
     params = hyperparameters(job)
     assert params["train.lr"] == job.train.lr
-    assert params["layout.module_parallelisms.llm.tensor_parallel"] == job.layout.language.tensor_parallel
+    assert params["layout.module_parallelisms.llm.tp"] == job.layout.language.tp
     assert all(isinstance(v, (str, int, float, bool)) for v in params.values())
 
 

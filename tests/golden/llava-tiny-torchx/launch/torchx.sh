@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset tiny, config c33c36e05411
+# mimo-toolkit 0.1.0: recipe llava, preset tiny, config df00c0ef5b3c
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #

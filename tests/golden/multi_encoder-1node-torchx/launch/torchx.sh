@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config 2be8616147c8
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config 0a1f833b14e5
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config 2998c35fc1d7
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config b6077f9cfe6d
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #
