@@ -106,6 +106,7 @@ def _check_loggers(names: list[str]) -> None:
     for name in names:
         if name not in TRACKER_PACKAGES:
             raise UserError(f"train.loggers: unknown logger {name!r}; expected any of {', '.join(TRACKER_PACKAGES)}")
+    for name in names:
         package = TRACKER_PACKAGES[name]
         if importlib.util.find_spec(package) is None:
             raise UserError(
