@@ -166,8 +166,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_beta1: float = 0.9
+    """AdamW's first-moment decay, in [0, 1)."""
     adam_beta2: float = 0.95
+    """AdamW's second-moment decay, in [0, 1)."""
     adam_eps: float = 1e-8
+    """AdamW's epsilon (> 0)."""
     clip_grad: float = 1.0
     """Clip the global gradient norm (over all modules) to this; 0 disables."""
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -230,15 +233,17 @@ class ClusterConfig:
     account: str | None = None
     qos: str | None = None
     time: str = "04:00:00"
-    """Wall-clock limit (Slurm --time)."""
+    """Wall-clock limit (Slurm --time): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED."""
     cpus_per_task: int | None = None
     """CPUs for the one task per node (None: Slurm's default)."""
     mem: str | None = None
-    """Memory per node (Slurm --mem; '0' is all of it)."""
+    """Memory per node (Slurm --mem: a number, megabytes unless K/M/G/T follows; '0' is all of it)."""
     exclusive: bool = False
     """Whole nodes (Slurm --exclusive)."""
     constraint: str | None = None
+    """Node features (Slurm --constraint)."""
     dependency: str | None = None
+    """Slurm --dependency, e.g. afterok:1234 (TYPE:JOBID[:JOBID...] joined by ',' or '?', or singleton)."""
     reservation: str | None = None
     signal: str = "USR2@300"
     """Preemption warning: SIGNAL@SECONDS before the time limit (never USR1: NCCL uses it)."""
@@ -258,7 +263,7 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables every rank gets (e.g. NCCL settings)."""
     torchx_scheduler: str = "slurm"
-    """TorchX scheduler used by `submit --scheduler torchx`."""
+    """TorchX scheduler used by `submit --scheduler torchx` (slurm, local_cwd, kubernetes, ...)."""
 
 
 # --------------------------------------------------------------------------------------

@@ -77,12 +77,21 @@ def sandbox_dir():
 
 
 def job_for(job_name: str, value: str, data_path: str, partition: str):
-    return resolve_job(
-        "llava", "4node",
-        sets=[f"data.path={data_path}", f"cluster.partition={partition}"],
-        env=[f"MIMO_Q={value}"],
-        job_name=job_name if job_name.strip() else f"x{job_name}",
-    )  # fmt: skip
+    """The job, or None where validation refuses the names (a job name holds no control
+    character, a Slurm partition no space): one line, before anything renders."""
+    job_name = job_name if job_name.strip() else f"x{job_name}"
+    try:
+        return resolve_job(
+            "llava", "4node",
+            sets=[f"data.path={data_path}", f"cluster.partition={partition}"],
+            env=[f"MIMO_Q={value}"],
+            job_name=job_name,
+        )  # fmt: skip
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        assert CONTROL.search(job_name) or not re.fullmatch(r"[^\s\x00-\x1f\x7f]+", partition), str(exc)
+        event("refused by validation: not a name")
+        return None
 
 
 @SETTINGS
@@ -96,6 +105,8 @@ def test_slurm_script_carries_any_string(job_name, value, run_name, data_path, p
 
 def check_slurm_script(sandbox, job_name, value, run_dir, data_path, partition):
     resolved = job_for(job_name, value, data_path, partition)
+    if resolved is None:
+        return
     cfg = resolved.config
     directive_values = [cfg.job_name, cfg.cluster.partition or "", str(run_dir)]
     try:
@@ -148,6 +159,8 @@ def check_torchx_script(sandbox, job_name, value, run_dir):
     from torchx.util.types import to_dict
 
     resolved = job_for(job_name, value, "x", "batch")
+    if resolved is None:
+        return
     try:
         proc, _ = run_torchx_script(sandbox, resolved, run_dir=run_dir)
     except UserError as exc:
@@ -183,11 +196,19 @@ def test_sbatch_quoting_round_trips(text):
 
 
 def test_newline_in_a_directive_value_is_a_one_line_error(tmp_path):
-    resolved = resolve_job("llava", "tiny", job_name="a\nb")
+    """Validation refuses a job name with a newline; the #SBATCH filter still guards the
+    values it does not see (the run directory)."""
     try:
-        write_job(resolved, "slurm", tmp_path / "run")
+        resolve_job("llava", "tiny", job_name="a\nb")
     except UserError as exc:
-        assert str(exc) == "job_name='a\\nb': a #SBATCH line cannot hold a newline or other control character"
+        assert str(exc) == "job_name='a\\nb': must be non-empty, without control characters"
+    else:
+        raise AssertionError("a job name with a newline was accepted")
+    run_dir = tmp_path / "a\nb"
+    try:
+        write_job(resolve_job("llava", "tiny"), "slurm", run_dir)
+    except UserError as exc:
+        assert str(exc).startswith("run dir=") and "a #SBATCH line cannot hold a newline" in str(exc)
     else:
         raise AssertionError("rendered a #SBATCH line with a newline")
-    assert not (tmp_path / "run").exists()
+    assert not run_dir.exists()

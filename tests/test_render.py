@@ -174,11 +174,11 @@ def test_rendered_scripts_parse(recipe, preset, scheduler, tmp_path):
 
 
 def test_sbatch_directives_sized_to_the_job():
-    sets = ["cluster.partition=gpu batch", "cluster.qos=high", "train.global_batch_size=2016"]
+    sets = ["cluster.partition=gpu,batch", "cluster.qos=high", "train.global_batch_size=2016"]
     files = render_files("multi_encoder", "4node", "slurm", nodes=8, sets=sets)
     args = sbatch_directives(files[SBATCH_SCRIPT])
     assert "--nodes=8" in args and "--gpus-per-node=8" in args and "--ntasks-per-node=1" in args
-    assert "--partition=gpu batch" in args and "--qos=high" in args and "--exclusive" in args
+    assert "--partition=gpu,batch" in args and "--qos=high" in args and "--exclusive" in args
     assert "--signal=B:USR2@300" in args and "--requeue" in args and "--open-mode=append" in args
     assert f"--output={GOLDEN_RUN_DIR}/logs/%x-%j.out" in args
     assert not any(a.startswith(("--account", "--gpus-per-node=0", "--dependency")) for a in args)

@@ -75,9 +75,19 @@ scheduler_option = _scheduler_option()
 
 
 def resolve(
-    recipe: str, preset: str | None, nodes: int | None, sets: tuple[str, ...], env: tuple[str, ...], job_name: str | None
+    recipe: str, preset: str | None, nodes: int | None, sets: tuple[str, ...], env: tuple[str, ...],
+    job_name: str | None, scheduler: str | None = None,
 ) -> "ResolvedJob":
-    """The validated job the options describe (raises UserError, exit 2)."""
+    """The validated job the options describe (raises UserError, exit 2). With a
+    ``scheduler``, also the files the job will read: an error where the job runs on this
+    machine, a warning on stderr where they must exist on the compute nodes."""
     from ..resolve import resolve_job
 
-    return resolve_job(recipe, preset, nodes=nodes, sets=sets, env=env, job_name=job_name)
+    resolved = resolve_job(recipe, preset, nodes=nodes, sets=sets, env=env, job_name=job_name)
+    if scheduler is not None:
+        from ..schedulers import get_backend
+        from ..validation import check_data_files
+
+        for warning in check_data_files(resolved.config, get_backend(scheduler).runs_here(resolved)):
+            click.echo(f"mimo-toolkit: warning: {warning}", err=True)
+    return resolved

@@ -27,6 +27,6 @@ def render(recipe, preset, nodes, sets, env, job_name, scheduler, template_dir, 
     """
     from ..launch import write_job
 
-    resolved = resolve(recipe, preset, nodes, sets, env, job_name)
+    resolved = resolve(recipe, preset, nodes, sets, env, job_name, scheduler=scheduler)
     for path in write_job(resolved, scheduler, run_dir, template_dir, force=force):
         click.echo(path)

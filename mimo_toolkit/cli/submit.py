@@ -30,7 +30,7 @@ def submit(ctx, recipe, preset, nodes, sets, env, job_name, scheduler, template_
     """
     from .. import launch
 
-    resolved = resolve(recipe, preset, nodes, sets, env, job_name)
+    resolved = resolve(recipe, preset, nodes, sets, env, job_name, scheduler=scheduler)
     run_dir = run_dir or launch.default_run_dir(resolved.config.job_name)
     request = launch.materialize(resolved, scheduler, run_dir, template_dir)
     if dry_run:

@@ -110,6 +110,10 @@ class Backend(ABC):
         """The scheduler's state of each job, by job id (those it does not know are left out)."""
         return {}
 
+    def runs_here(self, resolved: "ResolvedJob") -> bool:
+        """Whether the job's ranks run on this machine (so its data files must be here)."""
+        return False
+
     def cancel(self, record: "JobRecord") -> str:
         raise UserError(f"job {record.job_id}: --scheduler {record.scheduler} jobs cannot be cancelled from here")
 

@@ -55,6 +55,9 @@ class LocalBackend(Backend):
     def states(self, records: list["JobRecord"]) -> dict[str, str]:
         return {}  # the TorchX runner that knew the app ended with `submit`: the run dir decides
 
+    def runs_here(self, resolved: "ResolvedJob") -> bool:
+        return True
+
 
 def local_component_args(resolved: "ResolvedJob", rd: RunDir) -> dict:
     """This machine runs every rank: one torchrun with world-size workers."""

@@ -87,6 +87,9 @@ class TorchxBackend(Backend):
             runner.cancel(record.job_id)
         return f"cancelled TorchX app {record.job_id}"
 
+    def runs_here(self, resolved: "ResolvedJob") -> bool:
+        return resolved.config.cluster.torchx_scheduler == "local_cwd"
+
 
 def _torchx_path() -> dict[str, str]:
     """torchx.sh calls `torchx`: when it is not on PATH but installed beside this Python (a

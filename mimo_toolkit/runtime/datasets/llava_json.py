@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ...config import AudioEncoder, JobConfig, VisionEncoder
-from ...errors import UserError
+from ...datafiles import DataFileError, read_records
 from . import media as media_io
 from .chat import Placeholder, Template
 from .sample import PAD_ID, Sample
@@ -43,7 +43,7 @@ MEDIA_KEYS = {"vision": ("image", "<image>"), "audio": ("audio", "<audio>")}
 _ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 
 
-class DataError(UserError):
+class DataError(DataFileError):
     """A dataset that cannot be used as configured (names the file or sample to fix)."""
 
 
@@ -79,7 +79,7 @@ class LlavaDataset:
         ])
         self.records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
-        for sample_id, raw in _read(self.path):
+        for sample_id, raw in read_records(self.path):
             try:
                 record = self._parse(sample_id, raw)
                 self._text(record)
@@ -189,15 +189,9 @@ class LlavaDataset:
 
 
 def _modules_by_kind(encoders: dict) -> dict[str, str]:
-    """Encoder kind -> module name: a tag (``<image>``) must name exactly one encoder."""
-    out: dict[str, str] = {}
-    for name, arch in encoders.items():
-        if arch.KIND in out:
-            raise DataError(f"data.source=llava maps one encoder per kind; {name} and {out[arch.KIND]} are both {arch.KIND}")
-        if isinstance(arch, VisionEncoder) and arch.num_channels != 3:
-            raise DataError(f"model.{name}.num_channels={arch.num_channels}: images are loaded as RGB (3)")
-        out[arch.KIND] = name
-    return out
+    """Encoder kind -> module name (``mimo_toolkit.validation`` made sure a tag such as
+    ``<image>`` names exactly one encoder, and images are RGB)."""
+    return {arch.KIND: name for name, arch in encoders.items()}
 
 
 def _item_shape(arch) -> tuple[int, ...]:
@@ -211,32 +205,3 @@ def _load(arch, path: str) -> torch.Tensor:
         return media_io.load_image(path, arch.image_size)
     assert isinstance(arch, AudioEncoder)
     return media_io.load_audio_features(path, arch.sample_rate, arch.num_mel_bins, arch.num_frames)
-
-
-def _read(path: Path):
-    """(sample id, raw record) pairs of a JSON list or a JSONL file."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raw = exc  # reported as a bad sample below, keeping the line number as its id
-            yield _sample_id(raw, f"{path.name}:{number}"), raw
-        return
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); JSON Lines files end in .jsonl") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records")
-    for number, raw in enumerate(records):
-        yield _sample_id(raw, f"{path.name}[{number}]"), raw
-
-
-def _sample_id(raw, fallback: str) -> str:
-    return str(raw["id"]) if isinstance(raw, dict) and "id" in raw else fallback

@@ -1,29 +1,17 @@
-"""Every rule a job must satisfy, checked before anything is written, submitted or started.
-
-One torch-free rule set, used by ``show``, ``render``, ``submit`` (``--dry-run`` too) through
-:func:`mimo_toolkit.resolve.validate`, and by the planner for every layout it returns. A
-job that passes here must run: a rule the runtime would enforce belongs here, not in the job,
-where it would fail after the scheduler allocated the nodes.
-
-The checks come in the order a job is resolved:
-
-* :func:`check_config`: the config by itself (modules, freezing, architectures, training,
-  cluster and data settings);
-* :func:`check_model_fit`: every module's tp/cp/pp/ep against its architecture (before the
-  layout is finalized, so it needs no data-parallel size);
-* ``MimoParallelismConfig.finalize`` (``mimo_toolkit.layout``): the rank arithmetic;
-* :func:`check_batch_fit`: the batch against the finalized data-parallel sizes.
-
-Every failure is a :class:`~mimo_toolkit.errors.UserError` whose one-line message names the
-key and the numbers.
-"""
+"""The job as a whole: modules, architectures, the sequence and the data source, and the
+layout against the model (:func:`check_model_fit`) and the batch (:func:`check_batch_fit`).
+Single values (ranges, scheduler strings) are checked in ``values``."""
 
 from __future__ import annotations
 
-import re
+from ..config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
+from ..errors import LayoutError, UserError
+from .values import check_ranges, check_scheduler_strings
 
-from .config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
-from .errors import LayoutError, UserError
+#: Ids the built-in byte tokenizer uses (runtime/datasets/tokenizers.py: 3 specials + 256 bytes).
+BYTE_TOKENIZER_IDS = 259
+#: The synthetic dataset's text ids start here (runtime/datasets/synthetic.py, after PAD/BOS/EOS).
+SYNTHETIC_FIRST_TOKEN = 3
 
 # ---- the config by itself -----------------------------------------------------------------
 
@@ -31,9 +19,11 @@ from .errors import LayoutError, UserError
 def check_config(job: JobConfig) -> None:
     """Checks of the config that need no layout arithmetic."""
     _check_modules(job)
+    check_ranges(job)
     for name, arch in job.model.items():
         _check_arch(name, arch)
     _check_train(job.train)
+    check_scheduler_strings(job)
     _check_cluster(job)
     _check_sequence(job)
     _check_data(job)
@@ -63,9 +53,7 @@ def _check_modules(job: JobConfig) -> None:
 
 
 def _check_arch(name: str, arch: TransformerArch) -> None:
-    for f in ("num_layers", "hidden_size", "num_attention_heads"):
-        if getattr(arch, f) < 1:
-            raise UserError(f"model.{name}.{f}={getattr(arch, f)} must be >= 1")
+    """Divisibility inside one architecture (the ranges are checked already)."""
     if arch.hidden_size % arch.num_attention_heads:
         raise UserError(
             f"model.{name}.hidden_size={arch.hidden_size} is not divisible by "
@@ -76,8 +64,6 @@ def _check_arch(name: str, arch: TransformerArch) -> None:
             f"model.{name}.num_attention_heads={arch.num_attention_heads} is not divisible by "
             f"model.{name}.num_query_groups={arch.query_groups}"
         )
-    if isinstance(arch, VisionEncoder) and min(arch.image_size, arch.patch_size) < 1:
-        raise UserError(f"model.{name}: image_size={arch.image_size} and patch_size={arch.patch_size} must be >= 1")
     if isinstance(arch, VisionEncoder) and arch.image_size % arch.patch_size:
         raise UserError(
             f"model.{name}.image_size={arch.image_size} is not a multiple of "
@@ -86,16 +72,8 @@ def _check_arch(name: str, arch: TransformerArch) -> None:
 
 
 def _check_train(t: TrainConfig) -> None:
-    for f in ("steps", "micro_batch_size", "global_batch_size", "seq_length", "log_interval"):
-        if getattr(t, f) < 1:
-            raise UserError(f"train.{f}={getattr(t, f)} must be >= 1")
-    for f in ("save_interval", "eval_interval", "lr_warmup_steps", "keep_checkpoints"):
-        if getattr(t, f) < 0:
-            raise UserError(f"train.{f}={getattr(t, f)} must be >= 0")
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise UserError(f"train.lr={t.lr} and train.min_lr={t.min_lr} need 0 <= min_lr <= lr, lr > 0")
-    if t.timeout_s < 5:
-        raise UserError(f"train.timeout_s={t.timeout_s} must be >= 5")
+    if t.min_lr > t.lr:
+        raise UserError(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr} (the schedule decays from lr to min_lr)")
     _check_loggers(t.loggers or [])
 
 
@@ -115,35 +93,8 @@ def _check_loggers(names: list[str]) -> None:
             )
 
 
-_SIGNAL = re.compile(r"(USR2|TERM|INT|HUP)@[0-9]+")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_env_name(name: str, where: str) -> None:
-    """Environment variable names reach shell scripts unquoted (``export NAME=...``)."""
-    if not _ENV_NAME.fullmatch(name):
-        raise UserError(f"{where} {name!r}: not a valid environment variable name")
-
-
 def _check_cluster(job: JobConfig) -> None:
     cluster = job.cluster
-    for name in job.env:
-        check_env_name(name, "env")
-    for name in cluster.env:
-        check_env_name(name, "cluster.env")
-    sig = cluster.signal
-    if sig.upper().startswith(("USR1", "SIGUSR1", "10@")):
-        raise UserError(f"cluster.signal={sig}: NCCL uses SIGUSR1; use USR2 or TERM")
-    if not _SIGNAL.fullmatch(sig):
-        raise UserError(f"cluster.signal={sig!r}: expected SIGNAL@SECONDS, e.g. USR2@300 (USR2, TERM, INT, HUP)")
-    if cluster.max_restarts < 0:
-        raise UserError(f"cluster.max_restarts={cluster.max_restarts} must be >= 0")
-    if cluster.nodes is not None and cluster.nodes < 1:
-        raise UserError(f"cluster.nodes={cluster.nodes} must be >= 1")
-    if cluster.procs_per_node < 1:
-        raise UserError(f"cluster.procs_per_node={cluster.procs_per_node} must be >= 1")
-    if cluster.gpus_per_node < 0:
-        raise UserError(f"cluster.gpus_per_node={cluster.gpus_per_node} must be >= 0")
     if cluster.gpus_per_node and cluster.procs_per_node > cluster.gpus_per_node:
         raise UserError(
             f"cluster.procs_per_node={cluster.procs_per_node} exceeds "
@@ -168,11 +119,41 @@ def _check_sequence(job: JobConfig) -> None:
 
 
 def _check_data(job: JobConfig) -> None:
-    data = job.data
-    if data.source == "llava" and not data.path:
+    """The data source can feed this model: placeholder ids apart from text ids, and for
+    LLaVA-style files a path, one encoder per tag, RGB images and a vocabulary the byte
+    tokenizer fits."""
+    data, lm_name, vocab = job.data, job.layout.language_module, job.language_model.vocab_size
+    ids = job.layout.special_token_ids
+    for name in job.encoders:
+        if 0 <= ids[name] < vocab:
+            raise UserError(
+                f"layout.special_token_ids.{name}={ids[name]} is a text id (0 <= id < model.{lm_name}.vocab_size="
+                f"{vocab}); use a negative id (LLaVA uses -200)"
+            )
+        other = next((n for n in job.encoders if n != name and ids[n] == ids[name]), None)
+        if other:
+            raise UserError(f"layout.special_token_ids.{name}={ids[name]} is also {other}'s; each encoder needs its own")
+    if data.source == "synthetic" and vocab <= SYNTHETIC_FIRST_TOKEN:
+        raise UserError(f"model.{lm_name}.vocab_size={vocab} must be > {SYNTHETIC_FIRST_TOKEN} (synthetic text ids start there)")
+    if data.source != "llava":
+        return
+    if not data.path:
         raise UserError("data.source=llava needs data.path (a LLaVA-style JSON or JSONL file)")
-    if job.train.eval_interval and data.source == "llava" and not data.valid_path:
+    if job.train.eval_interval and not data.valid_path:
         raise UserError(f"train.eval_interval={job.train.eval_interval} needs data.valid_path (or eval_interval=0)")
+    if data.tokenizer == "byte" and vocab < BYTE_TOKENIZER_IDS:
+        raise UserError(
+            f"model.{lm_name}.vocab_size={vocab}: data.tokenizer=byte needs >= {BYTE_TOKENIZER_IDS} ids"
+        )
+    kinds: dict[str, str] = {}
+    for name, arch in job.encoders.items():
+        if arch.KIND in kinds:
+            raise UserError(
+                f"data.source=llava maps one encoder per kind; {name} and {kinds[arch.KIND]} are both {arch.KIND}"
+            )
+        kinds[arch.KIND] = name
+        if isinstance(arch, VisionEncoder) and arch.num_channels != 3:
+            raise UserError(f"model.{name}.num_channels={arch.num_channels}: data.source=llava loads images as RGB (3)")
 
 
 # ---- the layout against the model and the batch -------------------------------------------
