@@ -219,6 +219,19 @@ class DataConfig:
 
 
 @dataclass(kw_only=True)
+class SlurmGroup:
+    """The Slurm resources of one module's nodes in a heterogeneous job (``cluster.hetjob``):
+    unset fields fall back to the cluster-wide value."""
+
+    partition: str | None = None
+    """Partition of this module's nodes (e.g. an older GPU type for an encoder)."""
+    gpus_per_node: int | None = None
+    """GPUs per node requested for this module's nodes."""
+    constraint: str | None = None
+    """Slurm --constraint (node features) of this module's nodes."""
+
+
+@dataclass(kw_only=True)
 class ClusterConfig:
     """Where and how the job is launched. Presets keep a cluster's settings here."""
 
@@ -264,6 +277,19 @@ class ClusterConfig:
     """Environment variables every rank gets (e.g. NCCL settings)."""
     torchx_scheduler: str = "slurm"
     """TorchX scheduler used by `submit --scheduler torchx` (slurm, local_cwd, kubernetes, ...)."""
+    sbatch_extra: list[str] = field(default_factory=list)
+    """Extra sbatch flags, each one `--flag` or `--flag=value` (e.g. --gres=gpu:8, --mail-type=END)."""
+    srun_extra: list[str] = field(default_factory=list)
+    """Extra srun flags of the training step, each one `--flag` or `--flag=value` (e.g. --mpi=pmix)."""
+    after: str | None = None
+    """Start after another job: JOBID[:afterok|afterany|afternotok] (default afterok)."""
+    allow_partial_nodes: bool = False
+    """Allow a world size that does not fill whole nodes: the last node runs fewer processes."""
+    hetjob: bool = False
+    """Submit a heterogeneous layout as a Slurm heterogeneous job: one component per module,
+    each with its own partition / GPUs / constraint (`cluster.groups.<module>.*`)."""
+    groups: dict[str, SlurmGroup] = field(default_factory=dict)
+    """Per-module Slurm resources of a heterogeneous job, by module name."""
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, get_origin
 
-from .config import JobConfig
+from .config import JobConfig, SlurmGroup
 from .errors import UserError
 from .layout import LAYOUT_KEYS
 from .typed import field_hints, parse_text
@@ -62,6 +62,11 @@ def targets(job: JobConfig) -> dict[str, Target]:
         out[f"freeze.{part}"] = Target(bool, lambda v, p=part: job.freeze.__setitem__(p, v))
     for section in ("train", "data", "cluster"):
         out.update(_section_targets(section, getattr(job, section)))
+    for module in job.model:  # cluster.groups.<module>.<field>: the entry is made on first use
+        for name, hint in field_hints(SlurmGroup).items():
+            out[f"cluster.groups.{module}.{name}"] = Target(
+                hint, lambda v, m=module, n=name: setattr(job.cluster.groups.setdefault(m, SlurmGroup()), n, v)
+            )
     out["job_name"] = Target(str, lambda v: setattr(job, "job_name", v))
     return out
 

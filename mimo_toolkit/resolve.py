@@ -39,6 +39,13 @@ class ResolvedJob:
         return self._rank_map
 
     @property
+    def node_procs(self) -> list[int]:
+        """Ranks on each node: procs_per_node on every node, fewer on the last one when the
+        layout does not fill it (``cluster.allow_partial_nodes``)."""
+        last = self.world_size - self.procs_per_node * (self.nodes - 1)
+        return [self.procs_per_node] * (self.nodes - 1) + [last]
+
+    @property
     def uses_gpus(self) -> bool:
         return self.config.cluster.gpus_per_node > 0
 
@@ -65,12 +72,14 @@ def validate(job: JobConfig, world_size: int | None = None) -> ResolvedJob:
     world = job.layout.finalize(world_size)
     check_batch_fit(job)
     ppn = job.cluster.procs_per_node
-    if world % ppn:
+    if world % ppn and not job.cluster.allow_partial_nodes:
         raise LayoutError(
-            f"the world size {world} does not fill whole nodes of cluster.procs_per_node={ppn}"
+            f"the world size {world} does not fill whole nodes of cluster.procs_per_node={ppn} "
+            f"(cluster.allow_partial_nodes=true runs {world % ppn} process(es) on the last node)"
         )
-    job.cluster.nodes = world // ppn
-    return ResolvedJob(config=job, world_size=world, nodes=world // ppn, procs_per_node=ppn)
+    nodes = -(-world // ppn)
+    job.cluster.nodes = nodes
+    return ResolvedJob(config=job, world_size=world, nodes=nodes, procs_per_node=ppn)
 
 
 def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
@@ -80,6 +89,9 @@ def scale_to_nodes(job: JobConfig, nodes: int) -> ResolvedJob:
         raise UserError(f"--nodes {nodes}: must be >= 1")
     check_config(job)
     job.layout.check_sizes()  # before scaling divides by a size; not a node-count problem
+    as_is = _as_is(job)
+    if as_is is not None and as_is.nodes == nodes:
+        return as_is  # the layout's own node count: nothing to scale, whatever the mode
     try:
         return _scaled(job, nodes)
     except LayoutError as exc:
@@ -99,6 +111,14 @@ def _scaled(job: JobConfig, nodes: int) -> ResolvedJob:
     layout = scale_layout(job.layout, world)  # a copy
     cluster = dataclasses.replace(job.cluster, nodes=nodes)
     return validate(dataclasses.replace(job, layout=layout, cluster=cluster), world)
+
+
+def _as_is(job: JobConfig) -> ResolvedJob | None:
+    """The job validated without scaling, or None when it does not validate as it is."""
+    try:
+        return validate(job)
+    except LayoutError:
+        return None
 
 
 def _fits(job: JobConfig, nodes: int) -> bool:

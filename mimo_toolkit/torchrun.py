@@ -41,8 +41,9 @@ def torchrun_args(
     *,
     python: str,
     nnodes: int | str,
-    nproc_per_node: int | str,
+    nproc_per_node: int | str | None,
     rdzv_endpoint: str,
+    rdzv_backend: str = "c10d",
     rdzv_id: str | None = None,
     module: str | None = None,
     module_args: Sequence[str] = (),
@@ -52,14 +53,13 @@ def torchrun_args(
     rendezvous at ``rdzv_endpoint`` (``localhost:0`` picks a free port on one node), no
     elastic restarts (the scheduler requeues), the stop signals forwarded to the ranks, and
     every rank's output teed with its rank prefix. ``module`` defaults to the training
-    entrypoint :data:`TRAIN_MODULE`."""
-    words = [
-        python, "-m", "torch.distributed.run",
-        _flag("--nnodes", nnodes),
-        _flag("--nproc-per-node", nproc_per_node),
-        "--rdzv-backend=c10d",
-        _flag("--rdzv-endpoint", rdzv_endpoint),
-    ]  # fmt: skip
+    entrypoint :data:`TRAIN_MODULE`. ``rdzv_backend="static"`` ranks the nodes by their
+    ``PET_NODE_RANK`` (global ranks follow the node order); ``nproc_per_node=None`` leaves
+    the count to ``PET_NPROC_PER_NODE``, set per node."""
+    words = [python, "-m", "torch.distributed.run", _flag("--nnodes", nnodes)]
+    if nproc_per_node is not None:  # else torchrun reads PET_NPROC_PER_NODE
+        words.append(_flag("--nproc-per-node", nproc_per_node))
+    words += [f"--rdzv-backend={rdzv_backend}", _flag("--rdzv-endpoint", rdzv_endpoint)]
     if rdzv_id is not None:
         words.append(_flag("--rdzv-id", rdzv_id))
     words.append("--max-restarts=0")

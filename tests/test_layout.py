@@ -117,7 +117,7 @@ CASES = {
     ),
     "nodes filled by procs_per_node": (
         ("llava", "4node", ["cluster.nodes=none", "layout.vision.tp=2", "layout.llm.rank_offset=4"], None),
-        "the world size 28 does not fill whole nodes of cluster.procs_per_node=8",
+        "the world size 28 does not fill whole nodes of cluster.procs_per_node=8 (cluster.allow_partial_nodes=true runs 4 process(es) on the last node)",
     ),
 }
 

@@ -51,7 +51,7 @@ exit "${FAKE_SRUN:-0}"
 
 FAKE_SCONTROL = r"""#!/bin/bash
 case "$1 $2" in
-  "show hostnames") printf 'node1\nnode2\n' ;;
+  "show hostnames") if [[ $3 == "node[1-2]" ]]; then printf 'node1\nnode2\n'; else printf '%s\n' ${3//,/ }; fi ;;
   "show node") printf 'NodeName=%s Arch=x86_64\n   NodeAddr=10.1.2.3 NodeHostName=h Version=22.05\n' "$3" ;;
   "show job") printf 'JobId=%s JobName=x\n   JobState=%s Reason=None\n' "$3" "${FAKE_JOB_STATE:-RUNNING}" ;;
   requeue*) echo "$2" >> "$FAKE_OUT/requeued" ;;
@@ -356,8 +356,8 @@ def test_torchx_dryrun_prints_a_sane_sbatch(tmp_path):
 
 
 def test_torchx_rejects_what_torchx_cannot_carry():
-    with pytest.raises(UserError, match=r"^cluster.dependency: TorchX 0.7's slurm scheduler cannot set it"):
-        render_files("llava", "4node", "torchx", sets=["cluster.dependency=afterok:1"])
+    with pytest.raises(UserError, match=r"^cluster.container_image: TorchX 0.7's slurm scheduler cannot set it"):
+        render_files("llava", "4node", "torchx", sets=["cluster.container_image=/x.sqsh"])
     with pytest.raises(UserError, match=r"^env A='x=y': TorchX's --env"):
         render_files("llava", "4node", "torchx", env=["A=x=y"])
     with pytest.raises(UserError, match=r"^cluster.mem='lots'"):
@@ -443,3 +443,106 @@ def test_write_job_refuses_another_configs_run_dir(tmp_path):
     assert load_manifest(RunDir(tmp_path).read_job()).config.train.steps == 7
     assert (tmp_path / "logs").is_dir() and os.access(tmp_path / SBATCH_SCRIPT, os.X_OK)
     assert not (tmp_path / TORCHX_CONFIG).exists()
+
+
+# ---- the rest of Slurm: extra flags, dependencies, hetjobs, partial nodes -------------------
+
+HETERO_3 = ["layout.mode=heterogeneous", "layout.vision.dp=1", "layout.llm.tp=1", "layout.llm.dp=2",
+            "layout.llm.rank_offset=1"]
+
+
+def test_extra_flags_and_dependency_reach_sbatch_and_srun(tmp_path):
+    sets = ["cluster.sbatch_extra=--gres=gpu:8,--mail-type=END,--comment=a b#c", "cluster.srun_extra=--mpi=pmix",
+            "cluster.after=1234:afternotok"]
+    files = render_files("llava", "4node", "slurm", sets=sets)
+    args = sbatch_directives(files[SBATCH_SCRIPT])
+    assert {"--gres=gpu:8", "--mail-type=END", "--comment=a b#c", "--dependency=afternotok:1234"} <= set(args)
+    assert "--dependency=afterok:77" in sbatch_directives(
+        render_files("llava", "4node", "slurm", sets=["cluster.after=77"])[SBATCH_SCRIPT])
+    code, out, _ = run_sbatch_script(tmp_path, sets=sets)
+    assert code == 0, out
+    argv = read_nul(tmp_path / "out" / "srun.argv")
+    assert argv[:4] == ["--kill-on-bad-exit=1", "--wait=60", "--ntasks-per-node=1", "--mpi=pmix"]
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["cluster.sbatch_extra=gres=gpu:8"], "cluster.sbatch_extra entry 'gres=gpu:8': expected one --flag or --flag=value on one line"),
+        (['cluster.srun_extra=["--x\\ny"]'], "cluster.srun_extra entry '--x\\ny': expected one --flag or --flag=value on one line"),
+        (["cluster.after=12:later"], "cluster.after='12:later': expected JOBID[:afterok|afterany|afternotok], e.g. 1234:afterok"),
+        (["cluster.groups.audio.partition=x"], "--set cluster.groups.audio.partition: unknown key"),
+        (["cluster.hetjob=true"], "cluster.hetjob=true needs layout.mode=heterogeneous (modules on their own nodes), not colocated"),
+    ],
+)  # fmt: skip
+def test_bad_slurm_settings_are_one_line_errors(sets, message):
+    with pytest.raises(UserError) as info:
+        render_files("llava", "tiny", "slurm", sets=sets)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_hetjob_components_and_node_placement(tmp_path):
+    sets = [*HETERO_3, "layout.llm.rank_offset=2", "layout.vision.dp=2", "cluster.procs_per_node=2", "cluster.nodes=2",
+            "cluster.hetjob=true", "cluster.groups.vision.partition=old", "cluster.groups.vision.constraint=v100"]
+    resolved = resolve_job("llava", "tiny", sets=sets)
+    script = render_job(resolved, "slurm", "/r")[SBATCH_SCRIPT]
+    args = sbatch_directives(script)
+    het = args.index("hetjob")
+    first, second = args[:het], args[het + 1:]
+    assert "--partition=old" in first and "--constraint=v100" in first and "--signal=B:USR2@60" in first
+    assert "--nodes=1" in second and not any(a.startswith(("--partition", "--signal", "--output")) for a in second)
+    code, out, _ = run_sbatch_script(tmp_path, resolved=resolved, SLURM_JOB_NODELIST_HET_GROUP_0="node1",
+                                     SLURM_JOB_NODELIST_HET_GROUP_1="node2")
+    assert code == 0, out
+    argv = read_nul(tmp_path / "out" / "srun.argv")
+    assert argv[3] == "--het-group=0-1"
+    # each node's task takes its node rank from Slurm: ranks follow the component order
+    prefix = argv.index("bash")
+    assert argv[prefix + 3] == "mimo-node" and "PROCS=(2 2)" in argv[prefix + 2]
+    assert "--rdzv-backend=static" in argv and "--nnodes=2" in argv and not any(a.startswith("--nproc") for a in argv)
+    with pytest.raises(UserError, match=r"^cluster.hetjob: node 0 holds ranks of llm and vision"):
+        render_files("llava", "tiny", "slurm", sets=[*HETERO_3, "cluster.procs_per_node=2", "cluster.nodes=None",
+                                                     "cluster.allow_partial_nodes=true", "cluster.hetjob=true"])
+    with pytest.raises(UserError, match=r"^cluster.hetjob: TorchX's component runs one role"):
+        render_job(resolved, "torchx", "/r")
+
+
+def test_partial_nodes_run_fewer_processes_on_the_last_node(tmp_path):
+    """3 ranks on nodes of 2: refused unless allowed, then 2 + 1 processes."""
+    sets = [*HETERO_3, "cluster.procs_per_node=2", "cluster.nodes=None"]
+    with pytest.raises(UserError, match=r"cluster.allow_partial_nodes=true runs 1 process\(es\) on the last node"):
+        resolve_job("llava", "tiny", sets=sets)
+    resolved = resolve_job("llava", "tiny", sets=[*sets, "cluster.allow_partial_nodes=true"])
+    assert (resolved.world_size, resolved.nodes, resolved.node_procs) == (3, 2, [2, 1])
+    code, out, _ = run_sbatch_script(tmp_path, resolved=resolved, nodes=2)
+    assert code == 0, out
+    argv = read_nul(tmp_path / "out" / "srun.argv")
+    script = argv[argv.index("bash") + 2]
+    for node, procs in ((0, "2"), (1, "1")):  # what each node's task exports for torchrun
+        probe = subprocess.run(["bash", "-c", script, "mimo-node", "bash", "-c", 'echo "$PET_NODE_RANK $PET_NPROC_PER_NODE"'],
+                               env={"SLURM_NODEID": str(node), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+        assert probe.stdout.split() == [str(node), procs], probe.stderr
+    with pytest.raises(UserError, match=r"^cluster.allow_partial_nodes: this layout runs \[2, 1\] processes per node"):
+        render_job(resolved, "torchx", "/r")
+
+
+@pytest.mark.parametrize("mode_sets", [
+    [],  # colocated
+    ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1"],
+    ["layout.mode=heterogeneous", "layout.vision.dp=1", "layout.llm.tp=1", "layout.llm.dp=1", "layout.llm.rank_offset=1"],
+])  # fmt: skip
+def test_nodes_equal_to_the_layouts_own_count_is_a_no_op(mode_sets):
+    plain = resolve_job("llava", "tiny", sets=mode_sets)
+    same = resolve_job("llava", "tiny", sets=mode_sets, nodes=plain.nodes)
+    assert same.config.layout == plain.config.layout and same.world_size == plain.world_size
+
+
+def test_dependency_on_torchx(tmp_path):
+    """TorchX's slurm scheduler gets the dependency through sbatch's input variable; other
+    TorchX schedulers have none, and say so."""
+    resolved = resolve_job("llava", "4node", sets=["cluster.after=99:afterany"])
+    proc, _ = run_torchx_script(tmp_path, resolved)
+    assert proc.returncode == 0, proc.stderr
+    assert read_env(tmp_path / "out" / "torchx.env")["SBATCH_DEPENDENCY"] == "afterany:99"
+    with pytest.raises(UserError, match=r"^cluster.after: TorchX's local_cwd scheduler has no job dependencies"):
+        render_files("llava", "4node", "torchx", sets=["cluster.after=99", "cluster.torchx_scheduler=local_cwd"])

@@ -180,3 +180,27 @@ def test_torchx_slurm_scheduler(slurm_cluster, tmp_path):
     assert handle, proc.stdout + proc.stderr
     assert wait_state(handle.group(1)) == "COMPLETED"
     assert steps_logged(run_dir) == list(range(1, 7))
+
+
+HETJOB = ["layout.mode=heterogeneous", "layout.vision.dp=1", "layout.llm.tp=1", "layout.llm.dp=1",
+          "layout.llm.rank_offset=1", "cluster.procs_per_node=1", "cluster.nodes=2", "cluster.hetjob=true",
+          "cluster.groups.vision.partition=first", "cluster.groups.llm.partition=second"]
+
+
+def test_hetjob_puts_each_module_on_its_own_partition(slurm_cluster, tmp_path):
+    """A heterogeneous layout as a Slurm heterogeneous job: the vision encoder's node from
+    partition `first`, the LLM's from `second`; each rank lands on its module's node."""
+    run_dir = tmp_path / "run"
+    args = ["submit", "llava", "--preset", "tiny", "--scheduler", "slurm", "--run-dir", str(run_dir)]
+    for s in [*HETJOB, "train.steps=3", "cluster.srun_extra=--label"]:
+        args += ["--set", s]
+    job = cli(*args).stdout.strip().splitlines()[-1]
+    assert wait_state(job) == "COMPLETED"
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job, "-o", "JobID,Partition,NodeList,State"],
+                         capture_output=True, text=True).stdout.split()
+    assert out == [f"{job}+0|first|node1|COMPLETED", f"{job}+1|second|node2|COMPLETED"], out
+    assert steps_logged(run_dir) == [1, 2, 3]
+    log = "".join(p.read_text() for p in (run_dir / "logs").glob("slurm-*.out"))
+    # srun --label (cluster.srun_extra) prefixes each line with its task: task 0 runs on the
+    # first component's node (vision, rank 0), task 1 on the second's (LLM, rank 1).
+    assert "0: [rank0]" in log and "1: [rank1]" in log and "1: [rank0]" not in log, log[-3000:]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..config import SlurmGroup
 from ..errors import UserError
 from ..render import context, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
@@ -64,18 +66,98 @@ class SlurmBackend(Backend):
         return f"cancelled Slurm job {record.job_id}"
 
 
+@dataclass
+class Component:
+    """The nodes of one Slurm job component: the whole job, or in a heterogeneous job
+    (``cluster.hetjob``) one module's nodes with that module's resources."""
+
+    nodes: int
+    modules: list[str]
+    partition: str | None
+    gpus_per_node: int
+    constraint: str | None
+
+
 def slurm_context(resolved: "ResolvedJob") -> dict:
     """Template variables of slurm.sbatch.j2 only (templates/README.md)."""
-    return {"torchrun": sbatch_torchrun(resolved)}
+    cluster = resolved.config.cluster
+    components = hetjob_components(resolved) if cluster.hetjob else [
+        Component(resolved.nodes, list(resolved.config.model), cluster.partition, cluster.gpus_per_node,
+                  cluster.constraint)
+    ]
+    placed = cluster.hetjob or len(set(resolved.node_procs)) > 1
+    return {
+        "components": components,
+        "hetjob": cluster.hetjob,
+        "dependency": slurm_dependency(cluster),
+        "node_procs": resolved.node_procs,
+        "srun_prefix": _placement_prefix(resolved) if placed else [],
+        "torchrun": sbatch_torchrun(resolved, placed),
+    }
 
 
-def sbatch_torchrun(resolved: "ResolvedJob") -> list[str]:
+def hetjob_components(resolved: "ResolvedJob") -> list[Component]:
+    """One component per run of nodes holding the same module, in node order; a node that
+    holds ranks of two modules cannot belong to either module's component."""
+    cfg = resolved.config
+    node_modules: dict[int, set[str]] = {}
+    for info in resolved.rank_map:
+        node_modules.setdefault(info.node, set()).update(info.modules)
+    components: list[Component] = []
+    for node in sorted(node_modules):
+        names = sorted(node_modules[node])
+        if len(names) != 1:
+            raise UserError(
+                f"cluster.hetjob: node {node} holds ranks of {' and '.join(names)}; a heterogeneous job gives "
+                f"each module whole nodes (align each module's ranks to cluster.procs_per_node="
+                f"{resolved.procs_per_node})"
+            )
+        (module,) = names
+        if components and components[-1].modules == [module]:
+            components[-1].nodes += 1
+            continue
+        group = cfg.cluster.groups.get(module) or SlurmGroup()
+        gpus = cfg.cluster.gpus_per_node if group.gpus_per_node is None else group.gpus_per_node
+        if gpus and resolved.procs_per_node > gpus:
+            raise UserError(
+                f"cluster.groups.{module}.gpus_per_node={gpus} is fewer than cluster.procs_per_node="
+                f"{resolved.procs_per_node} (one process per GPU)"
+            )
+        components.append(Component(1, [module], group.partition or cfg.cluster.partition, gpus,
+                                    group.constraint or cfg.cluster.constraint))
+    return components
+
+
+def slurm_dependency(cluster) -> str | None:
+    """``--dependency``: the typed ``cluster.after`` (JOBID[:TYPE] -> TYPE:JOBID) or the raw
+    ``cluster.dependency``."""
+    if cluster.after:
+        job, _, kind = cluster.after.partition(":")
+        return f"{kind or 'afterok'}:{job}"
+    return cluster.dependency
+
+
+def _placement_prefix(resolved: "ResolvedJob") -> list[str]:
+    """Words before torchrun when nodes differ (a hetjob's components, a partial last node):
+    each node's task takes its node rank from Slurm and its process count from the list, and
+    torchrun reads both from its PET_* variables. Ranks then follow the node order, so each
+    module's ranks land on its own component's nodes."""
+    procs = " ".join(str(n) for n in resolved.node_procs)
+    script = (f"PROCS=({procs}); export PET_NODE_RANK=$SLURM_NODEID "
+              f"PET_NPROC_PER_NODE=${{PROCS[$SLURM_NODEID]}}; exec \"$@\"")
+    return ["bash", "-c", script, "mimo-node"]
+
+
+def sbatch_torchrun(resolved: "ResolvedJob", placed: bool = False) -> list[str]:
     """torchrun as the batch script runs it on every node: node count, head address, port
-    and paths from the script's own variables (``$SLURM_NNODES``, ``$HEAD_ADDR:$PORT``, ...)."""
+    and paths from the script's own variables (``$SLURM_NNODES``, ``$HEAD_ADDR:$PORT``, ...).
+    ``placed``: a static rendezvous in node order, the process count from the environment
+    (:func:`_placement_prefix`)."""
     return torchrun_args(
         python=resolved.config.cluster.python,
-        nnodes=ShellExpr('"$SLURM_NNODES"'),
-        nproc_per_node=resolved.procs_per_node,
+        nnodes=resolved.nodes if placed else ShellExpr('"$SLURM_NNODES"'),
+        nproc_per_node=None if placed else resolved.procs_per_node,
+        rdzv_backend="static" if placed else "c10d",
         rdzv_endpoint=ShellExpr('"$HEAD_ADDR:$PORT"'),
         rdzv_id=ShellExpr('"$SLURM_JOB_ID"'),
         module_args=train_args(ShellExpr('"$JOB_FILE"'), ShellExpr('"$RUN_DIR"')),

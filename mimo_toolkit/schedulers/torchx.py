@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..render import CONTROL_CHARS, context, job_env, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
 from .base import Backend, Echo, LaunchRequest, Submission, write_files
+from .slurm import slurm_dependency
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobs import JobRecord
@@ -107,9 +108,8 @@ def _slurm_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, str],
     """(.torchxconfig options, sbatch input variables) for TorchX 0.7's slurm scheduler."""
     cfg = resolved.config
     cluster = cfg.cluster
-    for name in ("dependency", "container_image"):
-        if getattr(cluster, name):
-            raise UserError(f"cluster.{name}: TorchX 0.7's slurm scheduler cannot set it; use --scheduler slurm")
+    if cluster.container_image:
+        raise UserError("cluster.container_image: TorchX 0.7's slurm scheduler cannot set it; use --scheduler slurm")
     options = {k: getattr(cluster, k) for k in ("partition", "time", "constraint") if getattr(cluster, k)}
     options["comment"] = f"mimo-toolkit {cfg.recipe}/{cfg.preset} config {cfg.config_hash()}"
     # sbatch reads these input variables; TorchX 0.7 has no options for them.
@@ -117,6 +117,9 @@ def _slurm_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, str],
                   if getattr(cluster, k)}
     if cluster.exclusive:
         sbatch_env["SBATCH_EXCLUSIVE"] = "exclusive"
+    dependency = slurm_dependency(cluster)
+    if dependency:
+        sbatch_env["SBATCH_DEPENDENCY"] = dependency
     return options, sbatch_env
 
 
@@ -155,7 +158,11 @@ def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
     args += [("--name", cfg.job_name), ("--python", cluster.python), ("--max_retries", str(cluster.max_restarts))]
     if env:
         args.append(("--env", ",".join(f"{k}={v}" for k, v in env.items())))
+    _check_one_role(resolved)
     options_of = SCHEDULER_OPTIONS.get(scheduler)
+    if scheduler != "slurm" and (cluster.after or cluster.dependency):
+        key = "after" if cluster.after else "dependency"
+        raise UserError(f"cluster.{key}: TorchX's {scheduler} scheduler has no job dependencies; use --scheduler slurm")
     options, sbatch_env = options_of(resolved, rd) if options_of else ({}, {})
     return {
         "torchx_scheduler": scheduler,
@@ -165,6 +172,21 @@ def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
         "torchx_options": options,
         "sbatch_env": sbatch_env,
     }
+
+
+def _check_one_role(resolved: "ResolvedJob") -> None:
+    """The component is one role: the same torchrun on every node, no Slurm flags."""
+    cluster = resolved.config.cluster
+    if cluster.hetjob:
+        raise UserError("cluster.hetjob: TorchX's component runs one role on every node; use --scheduler slurm")
+    if len(set(resolved.node_procs)) > 1:
+        raise UserError(
+            f"cluster.allow_partial_nodes: this layout runs {resolved.node_procs} processes per node; TorchX's "
+            "component runs the same number on every node; use --scheduler slurm"
+        )
+    for key in ("sbatch_extra", "srun_extra"):
+        if getattr(cluster, key):
+            raise UserError(f"cluster.{key}: TorchX's schedulers take no raw Slurm flags; use --scheduler slurm")
 
 
 def _check_torchx_env(name: str, value: str, on_slurm: bool) -> None:

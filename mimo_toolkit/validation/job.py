@@ -100,6 +100,38 @@ def _check_cluster(job: JobConfig) -> None:
             f"cluster.procs_per_node={cluster.procs_per_node} exceeds "
             f"cluster.gpus_per_node={cluster.gpus_per_node} (one process per GPU)"
         )
+    _check_slurm_settings(job)
+
+
+_AFTER = re.compile(r"(\d+(?:_\d+)?)(?::(afterok|afterany|afternotok))?")
+
+
+def _check_slurm_settings(job: JobConfig) -> None:
+    """Extra flags, the typed dependency and the hetjob groups (launch.md in docs/cli.md)."""
+    cluster = job.cluster
+    for key in ("sbatch_extra", "srun_extra"):
+        for flag in getattr(cluster, key):
+            if not flag.startswith("--") or len(flag) < 3 or re.search(r"[\x00-\x1f\x7f]", flag):
+                raise UserError(
+                    f"cluster.{key} entry {flag!r}: expected one --flag or --flag=value on one line"
+                )
+    if cluster.after is not None:
+        if not _AFTER.fullmatch(cluster.after):
+            raise UserError(
+                f"cluster.after={cluster.after!r}: expected JOBID[:afterok|afterany|afternotok], e.g. 1234:afterok"
+            )
+        if cluster.dependency:
+            raise UserError("cluster.after and cluster.dependency both set: use one (cluster.after is the typed form)")
+    for module, group in cluster.groups.items():
+        if module not in job.model:
+            raise UserError(f"cluster.groups.{module}: no module {module!r} (modules: {', '.join(job.model)})")
+        if group.gpus_per_node is not None and group.gpus_per_node < 0:
+            raise UserError(f"cluster.groups.{module}.gpus_per_node={group.gpus_per_node} must be >= 0")
+    if cluster.hetjob and job.layout.deployment_mode != "heterogeneous":
+        raise UserError(
+            f"cluster.hetjob=true needs layout.mode=heterogeneous (modules on their own nodes), "
+            f"not {job.layout.deployment_mode}"
+        )
 
 
 def _check_sequence(job: JobConfig) -> None:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 0a3ed971bd80
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 2388464dec37
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #
