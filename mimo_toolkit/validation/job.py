@@ -4,6 +4,8 @@ Single values (ranges, scheduler strings) are checked in ``values``."""
 
 from __future__ import annotations
 
+import re
+
 from ..config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
 from ..errors import LayoutError, UserError
 from .values import check_ranges, check_scheduler_strings

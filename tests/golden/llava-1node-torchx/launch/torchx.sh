@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 5efa8cc65727
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config cd0022a79d75
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

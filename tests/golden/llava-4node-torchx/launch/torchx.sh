@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 2388464dec37
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 0e49374d7e2c
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

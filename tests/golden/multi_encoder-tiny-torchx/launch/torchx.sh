@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config e059e500842b
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config afd9b54b2f64
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #
