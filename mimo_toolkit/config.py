@@ -290,6 +290,9 @@ class ClusterConfig:
     each with its own partition / GPUs / constraint (`cluster.groups.<module>.*`)."""
     groups: dict[str, SlurmGroup] = field(default_factory=dict)
     """Per-module Slurm resources of a heterogeneous job, by module name."""
+    snapshot: bool = False
+    """Copy the toolkit package and the recipe file into RUN_DIR/snapshot at submit time; every
+    attempt of the job (requeues too) runs that copy (first on PYTHONPATH)."""
 
 
 # --------------------------------------------------------------------------------------

@@ -120,6 +120,25 @@ def progress(rec: JobRecord) -> dict:
     return {"step": last.get("step", 0), "steps": total, "loss": last.get("loss")}
 
 
+def code_version(rec: JobRecord) -> str:
+    """The toolkit's commit the run was submitted with (job.json's provenance), e.g.
+    ``0.1.0 a1b2c3d4e5f6 (dirty, diff 9f8e7d6c) snapshot``."""
+    try:
+        data = rec.rundir.read_job()
+    except (OSError, ValueError):
+        return "-"
+    prov = data.get("provenance") or {}
+    toolkit = prov.get("toolkit") or {}
+    text = str(prov.get("toolkit_version") or data.get("toolkit_version") or "-")
+    if toolkit.get("git_commit"):
+        text += f" {toolkit['git_commit'][:12]}"
+        if toolkit.get("git_dirty"):
+            text += f" (dirty, diff {str(toolkit.get('git_diff_sha256'))[:8]})"
+    if (data.get("job") or {}).get("cluster", {}).get("snapshot"):
+        text += " snapshot"
+    return text
+
+
 # ---- logs ----------------------------------------------------------------------------------
 
 

@@ -184,6 +184,22 @@ def job_env(resolved: "ResolvedJob") -> dict[str, str]:
     return {**cfg.cluster.env, **cfg.env}
 
 
+def launch_env(resolved: "ResolvedJob", run_dir: str | os.PathLike) -> dict[str, str]:
+    """:func:`job_env` plus, with ``cluster.snapshot``, the run's code snapshot first on
+    PYTHONPATH (before a PYTHONPATH the config sets) and PYTHONSAFEPATH, so every attempt
+    imports that copy."""
+    env = job_env(resolved)
+    if resolved.config.cluster.snapshot:
+        from .provenance import snapshot_dir
+
+        snap = str(snapshot_dir(RunDir(run_dir).path))
+        env["PYTHONPATH"] = snap + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # `python -m` puts the working directory first on sys.path: a job started from a
+        # checkout would import the checkout, not the snapshot (Python >= 3.11 honours this).
+        env.setdefault("PYTHONSAFEPATH", "1")
+    return env
+
+
 def context(resolved: "ResolvedJob", run_dir: str | os.PathLike) -> dict[str, Any]:
     """The variables of every template (documented in templates/README.md)."""
     cfg = resolved.config
@@ -202,7 +218,7 @@ def context(resolved: "ResolvedJob", run_dir: str | os.PathLike) -> dict[str, An
         "launch_dir": str(rd.launch_dir),
         "log_dir": str(rd.log_dir),
         "exit_status_file": str(rd.exit_status_file),
-        "env": job_env(resolved),
+        "env": launch_env(resolved, run_dir),
         "config_hash": cfg.config_hash(),
         "toolkit_version": resolved.toolkit_version,
         "signal_name": signal_name,

@@ -17,6 +17,7 @@ from .config import JobConfig
 from .errors import LayoutError, UserError
 from .layout import RankInfo, rank_map, scale_layout
 from .overrides import apply_env, apply_overrides
+from .provenance import preset_file
 from .recipe import load_recipe
 from .validation import check_batch_fit, check_config, check_model_fit
 
@@ -30,6 +31,8 @@ class ResolvedJob:
     nodes: int
     procs_per_node: int
     toolkit_version: str = __version__
+    recipe_file: str | None = None
+    """The file defining the preset (provenance and code snapshots)."""
     _rank_map: list[RankInfo] | None = field(default=None, repr=False)
 
     @property
@@ -140,16 +143,17 @@ def resolve_job(
 ) -> ResolvedJob:
     """Load ``recipe``/``preset``, apply ``--set``/``--env``/``--job-name``, scale to
     ``--nodes`` and validate everything."""
-    job = load_recipe(recipe).build(preset)
+    source = load_recipe(recipe)
+    job = source.build(preset)
     apply_overrides(job, sets)
     apply_env(job, env)
     if job_name is not None:
         if not job_name.strip():
             raise UserError("--job-name: must not be empty")
         job.job_name = job_name
-    if nodes is not None:
-        return scale_to_nodes(job, nodes)
-    return validate(job)
+    resolved = scale_to_nodes(job, nodes) if nodes is not None else validate(job)
+    resolved.recipe_file = preset_file(source, preset)
+    return resolved
 
 
 def load_manifest(data: dict) -> ResolvedJob:

@@ -5,6 +5,7 @@ Regenerate the golden files after an intended change with
 ``MIMO_REGEN_GOLDEN=1 pytest tests/test_render.py`` and review the diff.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -147,9 +148,17 @@ def render_files(recipe, preset, scheduler, run_dir=GOLDEN_RUN_DIR, **kw):
 # ---- golden files ------------------------------------------------------------------------
 
 
+def without_provenance(files: dict[str, str]) -> dict[str, str]:
+    """job.json's ``provenance`` names this checkout's commit: left out of golden files
+    (test_provenance_and_snapshot checks it)."""
+    data = json.loads(files["job.json"])
+    assert set(data.pop("provenance")) == {"toolkit_version", "toolkit", "recipe"}
+    return {**files, "job.json": json.dumps(data, indent=2, sort_keys=True) + "\n"}
+
+
 @pytest.mark.parametrize("recipe, preset, scheduler", MATRIX)
 def test_golden(recipe, preset, scheduler):
-    files = render_files(recipe, preset, scheduler)
+    files = without_provenance(render_files(recipe, preset, scheduler))
     folder = GOLDEN / f"{recipe}-{preset}-{scheduler}"
     if os.environ.get("MIMO_REGEN_GOLDEN"):
         shutil.rmtree(folder, ignore_errors=True)
@@ -169,7 +178,7 @@ def test_rendered_scripts_parse(recipe, preset, scheduler, tmp_path):
         if rel.endswith((".sh", ".sbatch")):
             (tmp_path / "s").write_text(text)
             bash_syntax_ok(tmp_path / "s")
-    resolved = load_manifest(__import__("json").loads(files["job.json"]))
+    resolved = load_manifest(json.loads(files["job.json"]))
     assert resolved.config.config_hash() == resolve_job(recipe, preset).config.config_hash()
 
 
@@ -546,3 +555,26 @@ def test_dependency_on_torchx(tmp_path):
     assert read_env(tmp_path / "out" / "torchx.env")["SBATCH_DEPENDENCY"] == "afterany:99"
     with pytest.raises(UserError, match=r"^cluster.after: TorchX's local_cwd scheduler has no job dependencies"):
         render_files("llava", "4node", "torchx", sets=["cluster.after=99", "cluster.torchx_scheduler=local_cwd"])
+
+
+def test_provenance_and_snapshot(tmp_path):
+    """job.json names the toolkit's and the recipe's commit and dirty state; with
+    cluster.snapshot the launch environment imports the copy in RUN_DIR/snapshot."""
+    recipe = tmp_path / "mine.py"
+    recipe.write_text("from mimo_toolkit.recipes.llava import recipe as llava\n\n"
+                      "@llava.preset('mine')\ndef mine():\n    return llava.build('tiny')\n")
+    resolved = resolve_job(str(recipe), "mine", sets=["cluster.snapshot=true"])
+    files = write_job(resolved, "slurm", tmp_path / "run")
+    prov = json.loads((tmp_path / "run" / "job.json").read_text())["provenance"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert prov["toolkit"]["git_commit"] == head and isinstance(prov["toolkit"]["git_dirty"], bool)
+    assert prov["recipe"] == {"path": str(recipe), "git_commit": None, "git_dirty": None, "git_diff_sha256": None}
+    snap = tmp_path / "run" / "snapshot"
+    assert snap in files and (snap / "recipe" / "mine.py").read_text() == recipe.read_text()
+    assert (snap / "mimo_toolkit" / "train.py").exists() and (snap / "mimo_toolkit" / "recipes" / "llava.py").exists()
+    assert (snap / "mimo_toolkit" / "templates" / "slurm.sbatch.j2").exists()
+    assert not list(snap.rglob("__pycache__"))
+    probe = subprocess.run(["bash", "-c", env_block((tmp_path / "run" / SBATCH_SCRIPT).read_text())
+                            + "\npython3 -c 'import mimo_toolkit; print(mimo_toolkit.__file__)'"],
+                           capture_output=True, text=True, cwd=tmp_path, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+    assert probe.stdout.strip() == str(snap / "mimo_toolkit" / "__init__.py"), probe.stderr

@@ -36,7 +36,8 @@ def test_submit_local_trains_with_rank_prefixed_logs_and_progress(tmp_path):
 
 def test_submit_local_exits_non_zero_when_the_job_fails(tmp_path):
     """The real console script on a job that refuses its data (a missing image under
-    data.on_bad_sample=stop): the job fails at start, and so must `submit` (exit 1)."""
+    data.on_bad_sample=stop): the job fails at start, and so must `submit` (exit 1). The
+    job runs from its code snapshot (cluster.snapshot): the traceback shows that copy."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     record = {"id": "missing-1", "image": "nowhere.png",
               "conversations": [{"from": "human", "value": "<image>\nWhat shape?"}, {"from": "gpt", "value": "a disc"}]}
@@ -45,7 +46,7 @@ def test_submit_local_exits_non_zero_when_the_job_fails(tmp_path):
     proc = subprocess.run(
         [str(BIN / "mimo-toolkit"), "submit", "llava", "--preset", "tiny", "--scheduler", "local",
          "--run-dir", str(run_dir), "--set", "data.source=llava", "--set", f"data.path={tmp_path / 'train.jsonl'}",
-         "--set", "data.on_bad_sample=stop", "--set", "train.steps=2"],
+         "--set", "data.on_bad_sample=stop", "--set", "train.steps=2", "--set", "cluster.snapshot=true"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     out = proc.stdout + proc.stderr
@@ -53,3 +54,6 @@ def test_submit_local_exits_non_zero_when_the_job_fails(tmp_path):
     assert ": FAILED (0/2 steps)" in out and "missing-1" in out, out[-3000:]
     assert json.loads((run_dir / "exit_status.json").read_text())["reason"] == "failed"
     assert proc.stdout.splitlines()[-1].startswith("local_cwd://")  # the job id, last on stdout
+    first = subprocess.run([str(BIN / "mimo-toolkit"), "logs", str(run_dir), "--first-error"], capture_output=True,
+                           text=True, env=env).stdout
+    assert f'File "{run_dir}/snapshot/mimo_toolkit/' in first and "site-packages/mimo_toolkit" not in first, first

@@ -52,6 +52,7 @@ def status(job: str) -> None:
     click.echo(f"job:        {rec.job_id} ({rec.scheduler})  {rec.job_name}  [{rec.recipe}/{rec.preset}]")
     click.echo(f"state:      {jobs.state_of(rec)}")
     click.echo(f"run dir:    {rec.run_dir}")
+    click.echo(f"code:       {jobs.code_version(rec)}")
     click.echo(f"progress:   step {p['step']}" + (f"/{p['steps']}" if p["steps"] else "")
                + (f", loss {p['loss']:.4f}" if p["loss"] is not None else ""))
     exit_status = rec.rundir.read_exit_status()

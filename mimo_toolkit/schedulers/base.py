@@ -41,8 +41,12 @@ EXIT_PREEMPTED = 75
 
 
 def manifest_text(resolved: "ResolvedJob") -> str:
-    """``job.json``: the resolved config the job reads."""
-    return json.dumps(resolved.manifest(), indent=2, sort_keys=True) + "\n"
+    """``job.json``: the resolved config the job reads, and where its code came from
+    (``provenance``: version, git commit, dirty flag, diff hash of toolkit and recipe)."""
+    from ..provenance import provenance
+
+    manifest = {**resolved.manifest(), "provenance": provenance(resolved.recipe_file)}
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
 @dataclass
@@ -60,6 +64,8 @@ class LaunchRequest:
     """Environment the command gets on top of the caller's (shown by a dry run)."""
     native: object = None
     """The scheduler library's own request, where the backend hands it to that library."""
+    snapshot: str | None = None
+    """With ``cluster.snapshot``: the recipe file copied into RUN_DIR/snapshot with the toolkit."""
 
     def describe(self) -> str:
         """The exact files and command, as a dry run prints them."""
@@ -70,6 +76,11 @@ class LaunchRequest:
                 out.append(f"# ---- {path} ({len(text)} bytes; `mimo-toolkit show --config` prints it)\n")
             else:
                 out.append(f"# ---- {path}\n{text}")
+        if self.snapshot is not None:
+            from ..provenance import PACKAGE_DIR, snapshot_dir
+
+            out.append(f"# ---- {snapshot_dir(self.run_dir)}: a copy of {PACKAGE_DIR}"
+                       + (f" and {self.snapshot}" if self.snapshot else "") + "\n")
         words = [f"{k}={shquote(v)}" for k, v in self.env.items()] + [shquote(w) for w in self.command]
         out.append("# ---- command\n" + (" ".join(["env", *words]) if self.env else " ".join(words)) + "\n")
         return "\n".join(out)
@@ -118,6 +129,12 @@ class Backend(ABC):
         raise UserError(f"job {record.job_id}: --scheduler {record.scheduler} jobs cannot be cancelled from here")
 
     # ---- shared steps ------------------------------------------------------------------
+    def request(self, resolved: "ResolvedJob", run_dir: str | os.PathLike, files: dict[str, str],
+                command: list[str], **kw) -> LaunchRequest:
+        """A request of this backend (with the snapshot to copy, when the config asks)."""
+        snapshot = (resolved.recipe_file or "") if resolved.config.cluster.snapshot else None
+        return LaunchRequest(self.name, RunDir(run_dir).path, files, command, snapshot=snapshot, **kw)
+
     def base_files(self, resolved: "ResolvedJob") -> dict[str, str]:
         """Files every backend writes: ``job.json``."""
         for mount in resolved.config.cluster.container_mounts:
@@ -151,6 +168,10 @@ def write_files(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool 
         if rel.endswith((".sh", ".sbatch")):
             path.chmod(0o755)
         paths.append(path)
+    if request.snapshot is not None:
+        from ..provenance import write_snapshot
+
+        paths.append(write_snapshot(rd.path, request.snapshot or None))
     return paths
 
 

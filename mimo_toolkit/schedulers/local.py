@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..render import job_env
+from ..render import launch_env
 from ..run_dir import RunDir
 from .base import Backend, Echo, LaunchRequest, Submission, exit_code_of_run, write_files
 
@@ -40,8 +40,8 @@ class LocalBackend(Backend):
         app = train(**local_component_args(resolved, rd))
         info = get_runner().dryrun(app, TORCHX_SCHEDULER, cfg={"log_dir": str(rd.log_dir / "torchx")})
         (replica,) = info.request.role_params[app.roles[0].name]  # one node: one replica
-        return LaunchRequest(self.name, rd.path, self.base_files(resolved), list(replica.args),
-                             env=dict(replica.env), native=info)
+        return self.request(resolved, rd.path, self.base_files(resolved), list(replica.args),
+                            env=dict(replica.env), native=info)
 
     def submit(self, request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False,
                echo: Echo = print) -> Submission:
@@ -69,7 +69,7 @@ def local_component_args(resolved: "ResolvedJob", rd: RunDir) -> dict:
         "nproc_per_node": resolved.world_size,
         "name": cfg.job_name,
         "python": sys.executable,
-        "env": job_env(resolved),
+        "env": launch_env(resolved, rd.path),
     }
 
 

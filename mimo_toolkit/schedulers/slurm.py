@@ -39,7 +39,7 @@ class SlurmBackend(Backend):
         ctx.update(slurm_context(resolved))
         files[SBATCH_SCRIPT] = render_template("slurm.sbatch.j2", ctx, template_dir)
         rd = RunDir(run_dir)
-        return LaunchRequest(self.name, rd.path, files, ["sbatch", "--parsable", str(rd.path / SBATCH_SCRIPT)])
+        return self.request(resolved, rd.path, files, ["sbatch", "--parsable", str(rd.path / SBATCH_SCRIPT)])
 
     def submit(self, request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False,
                echo: Echo = print) -> Submission:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import UserError
-from ..render import CONTROL_CHARS, context, job_env, render_template
+from ..render import CONTROL_CHARS, context, launch_env, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
 from .base import Backend, Echo, LaunchRequest, Submission, write_files
 from .slurm import slurm_dependency
@@ -45,7 +45,7 @@ class TorchxBackend(Backend):
         ctx.update(torchx_context(resolved, rd))
         files[TORCHX_SCRIPT] = render_template("torchx.sh.j2", ctx, template_dir)
         files[TORCHX_CONFIG] = render_template("torchxconfig.j2", ctx, template_dir)
-        return LaunchRequest(self.name, rd.path, files, ["bash", str(rd.path / TORCHX_SCRIPT)], env=_torchx_path())
+        return self.request(resolved, rd.path, files, ["bash", str(rd.path / TORCHX_SCRIPT)], env=_torchx_path())
 
     def submit(self, request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False,
                echo: Echo = print) -> Submission:
@@ -140,7 +140,7 @@ def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
     cfg = resolved.config
     cluster = cfg.cluster
     scheduler = cluster.torchx_scheduler
-    env = job_env(resolved)
+    env = launch_env(resolved, rd.path)
     for name, value in env.items():
         _check_torchx_env(name, value, scheduler == "slurm")
     args: list[tuple[str, str]] = [
