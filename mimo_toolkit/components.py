@@ -13,7 +13,7 @@ the AST, which accepts only ``typing`` generics.
 
 import re
 import shlex
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torchx
 import torchx.specs as specs
@@ -36,6 +36,7 @@ def train(
     env: Optional[Dict[str, str]] = None,
     image: str = torchx.IMAGE,
     max_retries: int = 0,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Train a multimodal model rendered by ``mimo-toolkit render``: torchrun on every node
     runs ``python -m mimo_toolkit.train --config CONFIG --run-dir RUN_DIR``.
@@ -60,6 +61,8 @@ def train(
             (TorchX 0.7's slurm scheduler passes them as srun --export=ALL,K=V: no commas in values)
         image: container image (docker and kubernetes schedulers; local_cwd and slurm ignore it)
         max_retries: times the scheduler may rerun the whole job after a failure
+        mounts: container mounts (docker, kubernetes), e.g. type=volume,src=runs-pvc,dst=/runs
+            (several: type=...,type=...); the run directory must be on one
     """
     if nnodes < 1 or nproc_per_node < 1:
         raise ValueError(f"nnodes={nnodes} and nproc_per_node={nproc_per_node} must be >= 1")
@@ -95,6 +98,7 @@ def train(
                 env={key: value.replace("$", "$$") for key, value in role_env.items()},
                 port_map={"c10d": rdzv_port},
                 max_retries=max_retries,
+                mounts=specs.parse_mounts(mounts) if mounts else [],
             )
         ],
     )

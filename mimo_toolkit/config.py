@@ -290,6 +290,16 @@ class ClusterConfig:
     each with its own partition / GPUs / constraint (`cluster.groups.<module>.*`)."""
     groups: dict[str, SlurmGroup] = field(default_factory=dict)
     """Per-module Slurm resources of a heterogeneous job, by module name."""
+    image: str | None = None
+    """Container image of TorchX's container schedulers (kubernetes, docker), with
+    mimo-toolkit, torch and megatron-core installed."""
+    kubernetes_queue: str = "default"
+    """Volcano queue of TorchX's kubernetes scheduler."""
+    kubernetes_namespace: str = "default"
+    """Kubernetes namespace of TorchX's kubernetes scheduler."""
+    torchx_mounts: list[str] = field(default_factory=list)
+    """Mounts of TorchX's container schedulers, each type=volume|bind,src=...,dst=...[,readonly]
+    (the run directory must be on one that every pod shares)."""
     snapshot: bool = False
     """Copy the toolkit package and the recipe file into RUN_DIR/snapshot at submit time; every
     attempt of the job (requeues too) runs that copy (first on PYTHONPATH)."""

@@ -35,6 +35,8 @@ class JobRecord:
     recipe: str
     preset: str
     submitted: float
+    array_id: str | None = None
+    """The sweep (Slurm job array) this job is an element of."""
 
     @property
     def rundir(self) -> RunDir:
@@ -59,6 +61,13 @@ def all_jobs() -> list[JobRecord]:
         except (json.JSONDecodeError, TypeError):
             continue
     return out
+
+
+def find_jobs(ref: str) -> list[JobRecord]:
+    """The elements of the sweep ``ref`` names (its array id), else the one job
+    :func:`find_job` finds."""
+    elements = [rec for rec in all_jobs() if rec.array_id == ref]
+    return elements or [find_job(ref)]
 
 
 def find_job(ref: str) -> JobRecord:
@@ -111,13 +120,40 @@ def is_active(rec: JobRecord, state: str) -> bool:
 
 
 def progress(rec: JobRecord) -> dict:
-    """Last step, total steps and last loss, from metrics.jsonl."""
+    """From metrics.jsonl: last step, total steps, last loss, tokens/s and the ETA (the
+    median step time of the last 20 steps times the steps left)."""
     rows = rec.rundir.read_metrics() if rec.rundir.metrics_file.exists() else []
     total = None
     if rec.rundir.job_file.exists():
         total = rec.rundir.read_job()["job"]["train"]["steps"]
     last = rows[-1] if rows else {}
-    return {"step": last.get("step", 0), "steps": total, "loss": last.get("loss")}
+    step = last.get("step", 0)
+    recent = sorted(r["step_time_s"] for r in rows[-20:] if isinstance(r.get("step_time_s"), (int, float)))
+    eta = recent[len(recent) // 2] * (total - step) if recent and total and step < total else None
+    return {"step": step, "steps": total, "loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s"),
+            "eta_s": eta}
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``4m05s``, ``12s``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def table(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    """Rows as aligned plain-text lines (columns padded to their widest cell; the columns in
+    ``right`` right-aligned); the last column is not padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells[-1] = row[-1]
+        lines.append("  ".join(cells).rstrip())
+    return lines
 
 
 def code_version(rec: JobRecord) -> str:

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from .run_dir import RunDir
 from .schedulers import get_backend
-from .schedulers.base import Echo, LaunchRequest, Submission, manifest_text, write_files
+from .schedulers.base import Echo, LaunchRequest, Submission, SweepRequest, manifest_text, write_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from .resolve import ResolvedJob
+    from .sweep import Element
 
-__all__ = ["default_run_dir", "manifest_text", "materialize", "render_job", "write_job", "submit", "RunDir"]
+__all__ = ["default_run_dir", "manifest_text", "materialize", "materialize_sweep", "render_job", "write_job", "submit",
+           "submit_sweep", "RunDir"]
 
 
 def default_run_dir(job_name: str) -> Path:
@@ -56,6 +58,21 @@ def write_job(
     """Render, then write the files (scripts executable) and ``logs/``; returns their paths.
     A run directory holding another config's job.json is refused unless ``force``."""
     return write_files(materialize(resolved, scheduler, run_dir, template_dir), resolved, force=force)
+
+
+def materialize_sweep(
+    elements: list["Element"],
+    scheduler: str,
+    run_dir: str | os.PathLike,
+    template_dir: str | os.PathLike | None = None,
+    throttle: int | None = None,
+) -> SweepRequest:
+    """Every element's files and the command that starts them (pure)."""
+    return get_backend(scheduler).materialize_sweep(elements, run_dir, template_dir, throttle)
+
+
+def submit_sweep(request: SweepRequest, *, force: bool = False, echo: Echo = print) -> Submission:
+    return get_backend(request.scheduler).submit_sweep(request, force=force, echo=echo)
 
 
 def submit(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False, echo: Echo = print) -> Submission:

@@ -578,3 +578,124 @@ def test_provenance_and_snapshot(tmp_path):
                             + "\npython3 -c 'import mimo_toolkit; print(mimo_toolkit.__file__)'"],
                            capture_output=True, text=True, cwd=tmp_path, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
     assert probe.stdout.strip() == str(snap / "mimo_toolkit" / "__init__.py"), probe.stderr
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+
+def sweep_request(tmp_path, scheduler="slurm", sweeps=("train.lr=1e-3,5e-4", "train.seed=1,2"), throttle=None, sets=()):
+    from mimo_toolkit.launch import materialize_sweep
+    from mimo_toolkit.sweep import expand
+
+    elements = expand(sweeps, lambda extra: resolve_job("llava", "tiny", sets=[*sets, *extra]))
+    return materialize_sweep(elements, scheduler, tmp_path / "sweep", throttle=throttle)
+
+
+def test_sweep_array_runs_each_elements_own_script(tmp_path):
+    from mimo_toolkit.schedulers.base import write_files
+    from mimo_toolkit.schedulers.slurm import ARRAY_SCRIPT
+
+    request = sweep_request(tmp_path, throttle=2)
+    names = [e.name for e in request.elements]
+    assert names == ["lr=1e-3_seed=1", "lr=1e-3_seed=2", "lr=5e-4_seed=1", "lr=5e-4_seed=2"]
+    script = request.array.files[ARRAY_SCRIPT]
+    args = sbatch_directives(script)
+    assert "--array=0-3%2" in args and f"--output={tmp_path}/sweep/logs/%x-%A_%a.out" in args
+    for element, part in zip(request.elements, request.parts):
+        write_files(part, element.resolved)
+    write_files(request.array, request.elements[0].resolved, force=True)
+    bash_syntax_ok(tmp_path / "sweep" / ARRAY_SCRIPT)
+    env = slurm_env(tmp_path, nodes=1, SLURM_ARRAY_TASK_ID="2")
+    proc = subprocess.run(["bash", str(tmp_path / "sweep" / ARRAY_SCRIPT)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    argv = read_nul(tmp_path / "out" / "srun.argv")
+    assert argv[-4:] == ["--config", f"{tmp_path}/sweep/lr=5e-4_seed=1/job.json", "--run-dir",
+                         f"{tmp_path}/sweep/lr=5e-4_seed=1"]
+    config = json.loads((tmp_path / "sweep" / "lr=5e-4_seed=1" / "job.json").read_text())["job"]["train"]
+    assert (config["lr"], config["seed"]) == (5e-4, 1)
+
+
+@pytest.mark.parametrize(
+    "sweeps, sets, message",
+    [
+        (["train.nope=1,2"], [], "--sweep element train.nope=1: --set train.nope: unknown key"),
+        (["train.lr=fast,1e-3"], [], "--sweep element train.lr=fast: "),
+        (["train.lr"], [], "--sweep 'train.lr': expected KEY=V1,V2,..."),
+        (["train.lr=1e-3,1e-3"], [], "--sweep 'train.lr=1e-3,1e-3': values must be non-empty and distinct"),
+        (["cluster.time=00:10:00,00:20:00"], [], "--sweep element cluster.time=00:20:00: its Slurm resources differ"),
+    ],
+)  # fmt: skip
+def test_bad_sweeps_are_one_line_errors(tmp_path, sweeps, sets, message):
+    with pytest.raises(UserError) as info:
+        sweep_request(tmp_path, sweeps=sweeps, sets=sets)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweeps_on_torchx_are_refused_and_local_runs_them_in_turn(tmp_path):
+    with pytest.raises(UserError, match=r"^--sweep: --scheduler torchx has no job arrays"):
+        sweep_request(tmp_path, scheduler="torchx")
+    local = sweep_request(tmp_path, scheduler="local", sweeps=["train.seed=1,2"])
+    assert [p.run_dir.name for p in local.parts] == ["seed=1", "seed=2"] and local.array is None
+    assert {p.array_id for p in local.parts} == {str(tmp_path / "sweep")}
+
+
+# ---- Kubernetes through TorchX -----------------------------------------------------------
+
+KUBERNETES = ["cluster.torchx_scheduler=kubernetes", "cluster.image=ghcr.io/example/mimo:1.0", "cluster.cpus_per_task=32",
+              "cluster.mem=500G", "cluster.torchx_mounts=type=volume,src=runs-pvc,dst=/scratch/runs",
+              "cluster.kubernetes_queue=research"]
+
+
+def test_kubernetes_job_through_torchx_own_scheduler(tmp_path):
+    """torchx.sh for TorchX's kubernetes scheduler, read back by TorchX (component arguments,
+    .torchxconfig) and turned into the Volcano job by TorchX's own KubernetesScheduler
+    submit_dryrun: golden-tested, with the image, resources, env and entrypoint checked."""
+    import yaml
+    from torchx.runner.config import load
+    from torchx.schedulers.kubernetes_scheduler import KubernetesScheduler
+    from torchx.specs.builders import materialize_appdef
+
+    resolved = resolve_job("llava", "4node", sets=KUBERNETES, env=["NCCL_DEBUG=INFO"])
+    files = without_provenance(render_job(resolved, "torchx", GOLDEN_RUN_DIR))
+    proc, run_dir = run_torchx_script(tmp_path, resolved)  # the same job, run dir under tmp_path
+    assert proc.returncode == 0, proc.stderr
+    argv = read_nul(tmp_path / "out" / "torchx.argv")
+    assert argv[:4] == ["run", "-s", "kubernetes", "mimo.train"]
+    cfg: dict = {}
+    with open(read_env(tmp_path / "out" / "torchx.env")["TORCHXCONFIG"]) as f:
+        load("kubernetes", f, cfg)
+    app = materialize_appdef(components.train, argv[4:])
+    request = KubernetesScheduler("mimo").submit_dryrun(app, cfg).request
+    job = request.resource
+    tasks = job["spec"]["tasks"]
+    assert job["spec"]["queue"] == "research" and len(tasks) == 4
+    container = tasks[0]["template"].spec.containers[0]
+    assert container.image == "ghcr.io/example/mimo:1.0"
+    assert container.resources.limits == {"cpu": "32000m", "memory": "512000M", "nvidia.com/gpu": "8"}
+    env = {e.name: e.value for e in container.env}
+    assert env["NCCL_DEBUG"] == "INFO" and env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "[rank${rank}] "
+    assert f"-m mimo_toolkit.train --config {run_dir}/job.json --run-dir {run_dir}" in container.command[-1]
+    assert {m.mount_path for m in container.volume_mounts} == {"/dev/shm", "/scratch/runs"}
+    # golden: torchx.sh, .torchxconfig, and the Volcano job TorchX makes of the golden run dir
+    golden_app = materialize_appdef(components.train, [f"{k}={v}" for k, v in torchx_context(
+        resolved, RunDir(GOLDEN_RUN_DIR))["component_args"]])
+    volcano = str(KubernetesScheduler("mimo").submit_dryrun(golden_app, cfg).request)
+    name = yaml.safe_load(volcano)["metadata"]["name"]  # TorchX draws a unique app id per dry run
+    files["volcano.yaml"] = volcano.replace(name, "APP_ID")
+    folder = GOLDEN / "llava-4node-kubernetes"
+    if os.environ.get("MIMO_REGEN_GOLDEN"):
+        shutil.rmtree(folder, ignore_errors=True)
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(text.encode())
+    for rel, text in files.items():
+        assert text.encode() == (folder / rel).read_bytes(), f"{folder / rel} differs"
+
+
+def test_kubernetes_needs_an_image():
+    with pytest.raises(UserError, match=r"^cluster.image: TorchX's kubernetes scheduler runs a container image"):
+        render_files("llava", "4node", "torchx", sets=["cluster.torchx_scheduler=kubernetes"])
+    with pytest.raises(UserError, match=r"^cluster.image: TorchX's slurm scheduler runs no container image"):
+        render_files("llava", "4node", "torchx", sets=["cluster.image=x:1"])

@@ -204,3 +204,21 @@ def test_hetjob_puts_each_module_on_its_own_partition(slurm_cluster, tmp_path):
     # srun --label (cluster.srun_extra) prefixes each line with its task: task 0 runs on the
     # first component's node (vision, rank 0), task 1 on the second's (LLM, rank 1).
     assert "0: [rank0]" in log and "1: [rank1]" in log and "1: [rank0]" not in log, log[-3000:]
+
+
+def test_sweep_is_one_job_array(slurm_cluster, tmp_path):
+    """--sweep: the cross product as ONE job array, one run directory per element named
+    after its values; list groups the elements under the array id, status takes it."""
+    run_dir = tmp_path / "sweep"
+    array = cli("submit", "llava", "--preset", "tiny", "--scheduler", "slurm", "--run-dir", str(run_dir),
+                "--set", "train.steps=1", "--sweep", "train.lr=1e-3,5e-4").stdout.strip().splitlines()[-1]
+    assert array.isdigit()
+    assert [wait_state(f"{array}_{i}") for i in (0, 1)] == ["COMPLETED", "COMPLETED"]
+    for name, lr in (("lr=1e-3", 1e-3), ("lr=5e-4", 5e-4)):
+        assert steps_logged(run_dir / name) == [1]
+        assert json.loads((run_dir / name / "job.json").read_text())["job"]["train"]["lr"] == lr
+    listed = cli("list").stdout
+    assert re.search(rf"^{array}\s+slurm\s+2 COMPLETED\s", listed, re.M), listed
+    assert re.search(rf"^  {array}_1\s+slurm\s+COMPLETED\s+1/1\s", listed, re.M), listed
+    status = cli("status", array).stdout
+    assert status.count("state:      COMPLETED") == 2 and str(run_dir / "lr=5e-4") in status

@@ -26,6 +26,7 @@ from ..run_dir import JOB_FILE, RunDir
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobs import JobRecord
     from ..resolve import ResolvedJob
+    from ..sweep import Element
 
 Echo = Callable[[str], None]
 
@@ -66,6 +67,8 @@ class LaunchRequest:
     """The scheduler library's own request, where the backend hands it to that library."""
     snapshot: str | None = None
     """With ``cluster.snapshot``: the recipe file copied into RUN_DIR/snapshot with the toolkit."""
+    array_id: str | None = None
+    """The sweep this job belongs to (the registry groups its elements under this id)."""
 
     def describe(self) -> str:
         """The exact files and command, as a dry run prints them."""
@@ -83,6 +86,25 @@ class LaunchRequest:
                        + (f" and {self.snapshot}" if self.snapshot else "") + "\n")
         words = [f"{k}={shquote(v)}" for k, v in self.env.items()] + [shquote(w) for w in self.command]
         out.append("# ---- command\n" + (" ".join(["env", *words]) if self.env else " ".join(words)) + "\n")
+        return "\n".join(out)
+
+
+@dataclass
+class SweepRequest:
+    """A sweep: every element's own request, and for a backend with job arrays the one
+    array request that starts them all."""
+
+    scheduler: str
+    run_dir: Path
+    elements: list["Element"]
+    parts: list[LaunchRequest]
+    array: LaunchRequest | None = None
+
+    def describe(self) -> str:
+        out = [f"# ==== sweep element {i}: {' '.join(e.sets)} ({e.name})\n" + part.describe()
+               for i, (e, part) in enumerate(zip(self.elements, self.parts))]
+        if self.array is not None:
+            out.append("# ==== the job array\n" + self.array.describe())
         return "\n".join(out)
 
 
@@ -117,6 +139,15 @@ class Backend(ABC):
                echo: Echo = print) -> Submission:
         """Write the request's files, run its command, register the job."""
 
+    def materialize_sweep(self, elements: list["Element"], run_dir: str | os.PathLike,
+                          template_dir: str | os.PathLike | None = None, throttle: int | None = None) -> SweepRequest:
+        """Every element's request (pure). A backend without job arrays refuses sweeps."""
+        raise UserError(f"--sweep: --scheduler {self.name} has no job arrays; use --scheduler slurm "
+                        "(one job array) or local (one element after another)")
+
+    def submit_sweep(self, request: SweepRequest, *, force: bool = False, echo: Echo = print) -> Submission:
+        raise NotImplementedError  # pragma: no cover - materialize_sweep refused already
+
     def states(self, records: list["JobRecord"]) -> dict[str, str]:
         """The scheduler's state of each job, by job id (those it does not know are left out)."""
         return {}
@@ -142,13 +173,14 @@ class Backend(ABC):
                 raise UserError(f"cluster.container_mounts entry {mount!r}: pyxis splits mounts on commas")
         return {JOB_FILE: manifest_text(resolved)}
 
-    def register(self, resolved: "ResolvedJob", job_id: str, run_dir: str | os.PathLike) -> None:
+    def register(self, resolved: "ResolvedJob", job_id: str, run_dir: str | os.PathLike,
+                 array_id: str | None = None) -> None:
         """Remember the job for `mimo-toolkit list/status/logs/cancel`."""
         from ..jobs import JobRecord, record_submission
 
         cfg = resolved.config
         record_submission(JobRecord(job_id, self.name, str(RunDir(run_dir).path), cfg.job_name, cfg.recipe,
-                                    cfg.preset, time.time()))
+                                    cfg.preset, time.time(), array_id))
 
 
 def write_files(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False) -> list[Path]:

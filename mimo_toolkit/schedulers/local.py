@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 from ..render import launch_env
 from ..run_dir import RunDir
-from .base import Backend, Echo, LaunchRequest, Submission, exit_code_of_run, write_files
+from .base import Backend, Echo, LaunchRequest, Submission, SweepRequest, exit_code_of_run, write_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobs import JobRecord
     from ..resolve import ResolvedJob
+    from ..sweep import Element
 
 TORCHX_SCHEDULER = "local_cwd"
 
@@ -48,9 +49,32 @@ class LocalBackend(Backend):
         write_files(request, resolved, force=force)
         rd = RunDir(request.run_dir)
         handle, state, progress = run_local(request.native, rd, resolved.config.train.steps, echo,
-                                            on_start=lambda h: self.register(resolved, h, rd.path))
+                                            on_start=lambda h: self.register(resolved, h, rd.path, request.array_id))
         summary = f"{handle}: {state} ({progress.step}/{progress.total} steps); run dir {rd.path}"
         return Submission(handle, exit_code_of_run(rd, state), summary)
+
+    def materialize_sweep(self, elements: list["Element"], run_dir, template_dir=None,
+                          throttle: int | None = None) -> SweepRequest:
+        """One local run per element, in ``RUN_DIR/<element>``, one after another."""
+        rd = RunDir(run_dir)
+        parts = []
+        for e in elements:
+            part = self.materialize(e.resolved, rd.path / e.name, template_dir)
+            part.array_id = str(rd.path)
+            parts.append(part)
+        return SweepRequest(self.name, rd.path, list(elements), parts)
+
+    def submit_sweep(self, request: SweepRequest, *, force: bool = False, echo: Echo = print) -> Submission:
+        """Each element in turn; the sweep's exit code is the first failing element's."""
+        codes = []
+        for i, (element, part) in enumerate(zip(request.elements, request.parts)):
+            echo(f"[sweep] element {i + 1}/{len(request.parts)}: {' '.join(element.sets)}")
+            done = self.submit(part, element.resolved, force=force, echo=echo)
+            echo(f"[sweep] {done.summary}")
+            codes.append(done.exit_code)
+        failed = [c for c in codes if c]
+        summary = f"sweep of {len(codes)} element(s): {len(codes) - len(failed)} succeeded; run dirs in {request.run_dir}"
+        return Submission(str(request.run_dir), failed[0] if failed else 0, summary)
 
     def states(self, records: list["JobRecord"]) -> dict[str, str]:
         return {}  # the TorchX runner that knew the app ended with `submit`: the run dir decides
@@ -116,26 +140,28 @@ def run_local(info, rd: RunDir, steps: int, echo: Echo, on_start=lambda handle: 
 
 
 class _Progress:
-    """A one-line progress bar on a terminal (log lines print above it); on a pipe, a line
-    every 10%. Reads new lines of metrics.jsonl (each has "step") incrementally."""
-
-    WIDTH = 30
+    """Training progress fed by rank 0's metrics.jsonl (read incrementally). On a terminal:
+    a tqdm bar (step/total, rate, ETA, last loss) that log lines print above; otherwise plain
+    ``[progress] step N/TOTAL`` lines every 10%."""
 
     def __init__(self, metrics: Path, total: int, echo: Echo) -> None:
         self.metrics, self.total, self.echo = metrics, max(total, 1), echo
         self.step = 0
         self._offset = 0
         self._shown = -1
-        self._tty = sys.stderr.isatty()
         self._lock = threading.Lock()
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
 
     def say(self, line: str) -> None:
         with self._lock:
-            if self._tty:
-                sys.stderr.write("\r\x1b[K")
-                sys.stderr.flush()
-            self.echo(line)
-            self._draw()
+            if self._bar is not None:
+                self._bar.write(line, file=sys.stdout)  # clears the bar, prints, redraws it
+            else:
+                self.echo(line)
 
     def update(self) -> None:
         try:
@@ -146,25 +172,26 @@ class _Progress:
             return
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
+        last: dict = {}
         for line in complete.splitlines():
             try:
-                self.step = max(self.step, int(json.loads(line)["step"]))
+                last = json.loads(line)
+                self.step = max(self.step, int(last["step"]))
             except (ValueError, KeyError, TypeError):
                 continue
         with self._lock:
-            self._draw()
+            self._draw(last)
 
-    def _draw(self) -> None:
-        if self._tty:
-            done = int(self.WIDTH * min(self.step, self.total) / self.total)
-            sys.stderr.write(f"\r[{'#' * done}{'.' * (self.WIDTH - done)}] step {self.step}/{self.total}")
-            sys.stderr.flush()
+    def _draw(self, last: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(min(self.step, self.total) - self._bar.n)
+            if "loss" in last:
+                self._bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
         elif self.step * 10 // self.total > self._shown:
             self._shown = self.step * 10 // self.total
             if self.step:
                 self.echo(f"[progress] step {self.step}/{self.total}")
 
     def close(self) -> None:
-        if self._tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()

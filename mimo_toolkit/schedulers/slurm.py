@@ -17,13 +17,16 @@ from ..errors import UserError
 from ..render import context, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
 from ..torchrun import ShellExpr, torchrun_args, train_args
-from .base import Backend, Echo, LaunchRequest, Submission, write_files
+from .base import Backend, Echo, LaunchRequest, Submission, SweepRequest, write_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..jobs import JobRecord
     from ..resolve import ResolvedJob
+    from ..sweep import Element
 
 SBATCH_SCRIPT = f"{LAUNCH_DIR}/job.sbatch"
+#: A sweep's job array script, in the sweep's own run directory.
+ARRAY_SCRIPT = f"{LAUNCH_DIR}/array.sbatch"
 ACTIVE_STATES = frozenset(
     {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "UNKNOWN"}
 )
@@ -46,13 +49,48 @@ class SlurmBackend(Backend):
         if shutil.which(request.command[0]) is None:
             raise UserError("sbatch not found on PATH; run on a Slurm login node, or use --dry-run or render")
         write_files(request, resolved, force=force)
-        proc = subprocess.run(request.command, capture_output=True, text=True)
-        if proc.returncode:
-            message = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
-            raise UserError(f"sbatch rejected {request.command[-1]}: {message}")
-        job_id = proc.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
+        job_id = _sbatch(request.command)
         self.register(resolved, job_id, request.run_dir)
         return Submission(job_id, summary=f"submitted Slurm job {job_id}; run dir {request.run_dir}")
+
+    def materialize_sweep(self, elements: list["Element"], run_dir, template_dir=None,
+                          throttle: int | None = None) -> SweepRequest:
+        """Each element's files in ``RUN_DIR/<element>/`` and ONE array script,
+        ``RUN_DIR/launch/array.sbatch``: the elements' shared #SBATCH header plus
+        ``--array=0-N[%throttle]``; task i execs element i's own batch script."""
+        rd = RunDir(run_dir)
+        parts = [self.materialize(e.resolved, rd.path / e.name, template_dir) for e in elements]
+        first = elements[0].resolved
+        header = _directives(first, rd.path / elements[0].name, template_dir)
+        for e in elements[1:]:
+            if _directives(e.resolved, rd.path / elements[0].name, template_dir) != header:
+                raise UserError(
+                    f"--sweep element {', '.join(e.sets)}: its Slurm resources differ from those of "
+                    f"{', '.join(elements[0].sets)}; a job array shares one #SBATCH header (sweep settings inside the job)"
+                )
+        if throttle is not None and throttle < 1:
+            raise UserError(f"--sweep-throttle {throttle}: must be >= 1")
+        ctx = context(first, rd.path)
+        ctx.update(slurm_context(first))
+        ctx.update(array=f"0-{len(elements) - 1}" + (f"%{throttle}" if throttle else ""), log_job_pattern="%A_%a",
+                   elements=[{"name": e.name, "run_dir": str(rd.path / e.name)} for e in elements])
+        script = render_template("slurm_array.sbatch.j2", ctx, template_dir)
+        array = LaunchRequest(self.name, rd.path, {ARRAY_SCRIPT: script},
+                              ["sbatch", "--parsable", str(rd.path / ARRAY_SCRIPT)])
+        return SweepRequest(self.name, rd.path, list(elements), parts, array)
+
+    def submit_sweep(self, request: SweepRequest, *, force: bool = False, echo: Echo = print) -> Submission:
+        if shutil.which("sbatch") is None:
+            raise UserError("sbatch not found on PATH; run on a Slurm login node, or use --dry-run or render")
+        for element, part in zip(request.elements, request.parts):
+            write_files(part, element.resolved, force=force)
+        assert request.array is not None
+        write_files(request.array, request.elements[0].resolved, force=True)  # no job.json of its own
+        array_id = _sbatch(request.array.command)
+        for i, (element, part) in enumerate(zip(request.elements, request.parts)):
+            self.register(element.resolved, f"{array_id}_{i}", part.run_dir, array_id=array_id)
+        return Submission(array_id, summary=f"submitted Slurm job array {array_id} of {len(request.parts)} "
+                                            f"element(s); run dirs in {request.run_dir}")
 
     def states(self, records: list["JobRecord"]) -> dict[str, str]:
         return slurm_states([r.job_id for r in records])
@@ -93,6 +131,8 @@ def slurm_context(resolved: "ResolvedJob") -> dict:
         "node_procs": resolved.node_procs,
         "srun_prefix": _placement_prefix(resolved) if placed else [],
         "torchrun": sbatch_torchrun(resolved, placed),
+        "array": None,
+        "log_job_pattern": "%j",
     }
 
 
@@ -164,6 +204,22 @@ def sbatch_torchrun(resolved: "ResolvedJob", placed: bool = False) -> list[str]:
     )
 
 
+def _sbatch(command: list[str]) -> str:
+    """Run ``sbatch --parsable SCRIPT``; the job id (a rejection is a one-line UserError)."""
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode:
+        message = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
+        raise UserError(f"sbatch rejected {command[-1]}: {message}")
+    return proc.stdout.strip().split(";")[0]  # --parsable: "ID" or "ID;CLUSTER"
+
+
+def _directives(resolved: "ResolvedJob", run_dir, template_dir) -> str:
+    """The #SBATCH header of a job (what an array's elements must share)."""
+    ctx = context(resolved, run_dir)
+    ctx.update(slurm_context(resolved))
+    return render_template("slurm_directives.j2", ctx, template_dir)
+
+
 def _run(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None:
         return ""
@@ -174,19 +230,20 @@ def _run(cmd: list[str]) -> str:
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Scheduler state of Slurm jobs: squeue while they are queued or running, sacct after."""
+    """Scheduler state of Slurm jobs: squeue while they are queued or running, sacct after.
+    Array elements are ``ID_N`` (``squeue -r``: one line each); a heterogeneous job's state
+    is that of its first component (``ID+0``)."""
     if not job_ids:
         return {}
-    states = {}
-    for line in _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"]).splitlines():
+    states: dict[str, str] = {}
+    for line in _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"]).splitlines():
         parts = line.split()
         if len(parts) == 2:
-            states[parts[0]] = parts[1]
+            states.setdefault(parts[0].split("+")[0], parts[1])
     missing = [j for j in job_ids if j not in states]
     if missing:
         for line in _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"]).splitlines():
             parts = line.split("|")
-            if len(parts) == 2:
-                states[parts[0]] = parts[1].split()[0]  # "CANCELLED by 0" -> CANCELLED
+            if len(parts) == 2:  # "CANCELLED by 0" -> CANCELLED
+                states.setdefault(parts[0].split("+")[0], parts[1].split()[0])
     return states
-

@@ -123,6 +123,12 @@ def _slurm_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, str],
     return options, sbatch_env
 
 
+def _kubernetes_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, str], dict[str, str]]:
+    """TorchX's kubernetes scheduler: a Volcano job in a queue and namespace."""
+    cluster = resolved.config.cluster
+    return {"queue": cluster.kubernetes_queue, "namespace": cluster.kubernetes_namespace}, {}
+
+
 def _local_cwd_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, str], dict[str, str]]:
     return {"log_dir": str(rd.log_dir / "torchx")}, {}
 
@@ -131,7 +137,10 @@ def _local_cwd_options(resolved: "ResolvedJob", rd: RunDir) -> tuple[dict[str, s
 SCHEDULER_OPTIONS: dict[str, Callable[["ResolvedJob", RunDir], tuple[dict[str, str], dict[str, str]]]] = {
     "slurm": _slurm_options,
     "local_cwd": _local_cwd_options,
+    "kubernetes": _kubernetes_options,
 }
+#: TorchX schedulers that run a container image (``cluster.image``, ``cluster.torchx_mounts``).
+CONTAINER_SCHEDULERS = ("kubernetes", "kubernetes_mcad", "docker", "aws_batch", "gcp_batch")
 
 
 def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
@@ -158,6 +167,7 @@ def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
     args += [("--name", cfg.job_name), ("--python", cluster.python), ("--max_retries", str(cluster.max_restarts))]
     if env:
         args.append(("--env", ",".join(f"{k}={v}" for k, v in env.items())))
+    args += _container_args(cluster, scheduler)
     _check_one_role(resolved)
     options_of = SCHEDULER_OPTIONS.get(scheduler)
     if scheduler != "slurm" and (cluster.after or cluster.dependency):
@@ -172,6 +182,23 @@ def torchx_context(resolved: "ResolvedJob", rd: RunDir) -> dict:
         "torchx_options": options,
         "sbatch_env": sbatch_env,
     }
+
+
+def _container_args(cluster, scheduler: str) -> list[tuple[str, str]]:
+    """``--image`` and ``--mounts`` for a container scheduler (the image is required there);
+    refused elsewhere, where they would mean nothing."""
+    if scheduler not in CONTAINER_SCHEDULERS:
+        for key in ("image", "torchx_mounts"):
+            if getattr(cluster, key):
+                raise UserError(f"cluster.{key}: TorchX's {scheduler} scheduler runs no container image")
+        return []
+    if not cluster.image:
+        raise UserError(f"cluster.image: TorchX's {scheduler} scheduler runs a container image; "
+                        "set --set cluster.image=IMAGE (with mimo-toolkit, torch and megatron-core installed)")
+    args = [("--image", cluster.image)]
+    if cluster.torchx_mounts:
+        args.append(("--mounts", ",".join(cluster.torchx_mounts)))
+    return args
 
 
 def _check_one_role(resolved: "ResolvedJob") -> None:

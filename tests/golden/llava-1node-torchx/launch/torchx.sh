@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 1node, config f762aadcdcc8
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 4024d045c651
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #
