@@ -158,8 +158,11 @@ def without_provenance(files: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("recipe, preset, scheduler", MATRIX)
 def test_golden(recipe, preset, scheduler):
-    files = without_provenance(render_files(recipe, preset, scheduler))
-    folder = GOLDEN / f"{recipe}-{preset}-{scheduler}"
+    assert_golden(GOLDEN / f"{recipe}-{preset}-{scheduler}", without_provenance(render_files(recipe, preset, scheduler)))
+
+
+def assert_golden(folder: Path, files: dict[str, str]) -> None:
+    """``files`` equal the golden folder byte for byte (MIMO_REGEN_GOLDEN=1 rewrites it)."""
     if os.environ.get("MIMO_REGEN_GOLDEN"):
         shutil.rmtree(folder, ignore_errors=True)
         for rel, text in files.items():
@@ -684,14 +687,7 @@ def test_kubernetes_job_through_torchx_own_scheduler(tmp_path):
     volcano = str(KubernetesScheduler("mimo").submit_dryrun(golden_app, cfg).request)
     name = yaml.safe_load(volcano)["metadata"]["name"]  # TorchX draws a unique app id per dry run
     files["volcano.yaml"] = volcano.replace(name, "APP_ID")
-    folder = GOLDEN / "llava-4node-kubernetes"
-    if os.environ.get("MIMO_REGEN_GOLDEN"):
-        shutil.rmtree(folder, ignore_errors=True)
-        for rel, text in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(text.encode())
-    for rel, text in files.items():
-        assert text.encode() == (folder / rel).read_bytes(), f"{folder / rel} differs"
+    assert_golden(GOLDEN / "llava-4node-kubernetes", files)
 
 
 def test_kubernetes_needs_an_image():
