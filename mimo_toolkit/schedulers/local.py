@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import UserError
 from ..render import launch_env
 from ..run_dir import RunDir
 from .base import Backend, Echo, LaunchRequest, Submission, SweepRequest, exit_code_of_run, write_files
@@ -79,6 +80,9 @@ class LocalBackend(Backend):
     def states(self, records: list["JobRecord"]) -> dict[str, str]:
         return {}  # the TorchX runner that knew the app ended with `submit`: the run dir decides
 
+    def cancel(self, record: "JobRecord") -> str:
+        raise UserError(f"job {record.job_id} ran with --scheduler local; stop it with Ctrl-C in its terminal")
+
     def runs_here(self, resolved: "ResolvedJob") -> bool:
         return True
 
@@ -132,7 +136,7 @@ def run_local(info, rd: RunDir, steps: int, echo: Echo, on_start=lambda handle: 
             runner.cancel(handle)
             progress.say(f"cancelled {handle}")
             raise
-        pump_thread.join(timeout=10)
+        pump_thread.join(timeout=60)  # the last log lines, even on a busy machine
         progress.update()
         progress.close()
     state = status.state.name if status is not None else "UNKNOWN"
