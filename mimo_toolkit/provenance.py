@@ -50,13 +50,18 @@ def source_state(path: str | Path) -> dict[str, Any]:
     path = Path(path).resolve()
     where = path if path.is_dir() else path.parent
     state: dict[str, Any] = {"path": str(path), "git_commit": None, "git_dirty": None, "git_diff_sha256": None}
-    commit = _git(where, "rev-parse", "HEAD")
-    if commit is None:
+    # One call for the commit and the changes (porcelain v2 heads them with "# branch.oid");
+    # the diff is read only when there is one. Rendering pays ~2 git calls per clean path.
+    status = _git(where, "status", "--porcelain=v2", "--branch", "--", str(path))
+    if status is None:
         return state
-    status = _git(where, "status", "--porcelain", "--", str(path)) or b""
-    diff = _git(where, "diff", "HEAD", "--", str(path)) or b""
-    state.update(git_commit=commit.decode().strip(), git_dirty=bool(status.strip()),
-                 git_diff_sha256=hashlib.sha256(diff).hexdigest() if status.strip() else None)
+    lines = status.decode(errors="replace").splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if commit is None or commit == "(initial)":
+        return state
+    dirty = any(not line.startswith("#") for line in lines)
+    diff = (_git(where, "diff", "HEAD", "--", str(path)) or b"") if dirty else b""
+    state.update(git_commit=commit, git_dirty=dirty, git_diff_sha256=hashlib.sha256(diff).hexdigest() if dirty else None)
     return state
 
 
