@@ -53,6 +53,16 @@ class TransformerArch:
     """Epsilon of the normalization layers."""
     init_method_std: float = 0.02
     """Standard deviation of the weight initialisation."""
+    pretrained: str | None = None
+    """A local Hugging Face checkpoint directory to start from (config.json + safetensors;
+    docs/weights.md). Fields left at their defaults are filled from its config.json; a field
+    set to another value is refused."""
+
+    @property
+    def built_layers(self) -> int:
+        """Transformer layers the module builds (all of them, except for vision features
+        taken from an earlier layer)."""
+        return self.num_layers
 
     @property
     def ffn_size(self) -> int:
@@ -78,6 +88,10 @@ class LanguageModel(TransformerArch):
     """RoPE base."""
     tie_embeddings: bool = False
     """Share input embedding and output layer weights."""
+    rope_scaling_factor: float | None = None
+    """Llama-3.x RoPE frequency scaling factor (8 for 3.1, 32 for 3.2); None: no scaling.
+    megatron-core fixes the other parameters (low/high frequency factors 1 and 4, original
+    context 8192)."""
 
     @property
     def tokens_per_sample(self) -> int:
@@ -92,6 +106,8 @@ class ProjectorFields:
     """Projector type: 2-layer MLP with GELU (LLaVA-1.5) or a single linear map."""
     projector_ffn_hidden_size: int | None = None
     """Inner size of the MLP projector (None: the LLM's hidden size)."""
+    projector_activation: Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"] = "gelu"
+    """Activation between the MLP projector's layers (gelu is the exact, erf-based one)."""
 
 
 @dataclass(kw_only=True)
@@ -109,6 +125,15 @@ class VisionEncoder(ProjectorFields, TransformerArch):
     """The ViT prepends a class token (CLIP does)."""
     keep_class_token: bool = False
     """Feed the class token's output to the LLM too (LLaVA does not)."""
+    feature_layer: int = -1
+    """Which layer's output the LLM receives, counted like Hugging Face's
+    vision_feature_layer: -1 the last, -2 the penultimate (LLaVA-1.5), k > 0 the k-th.
+    Only the layers up to it are built."""
+
+    @property
+    def built_layers(self) -> int:
+        layer = self.feature_layer
+        return layer if layer > 0 else self.num_layers + 1 + layer
 
     @property
     def tokens_per_sample(self) -> int:
@@ -148,7 +173,8 @@ class TrainConfig:
     """Optimisation and bookkeeping of a run."""
 
     steps: int = 1000
-    """Optimizer steps to train."""
+    """Optimizer steps to train (0: build the model, e.g. import pretrained weights, and
+    write the step-0 checkpoint)."""
     micro_batch_size: int = 1
     """Samples per micro-batch per data-parallel replica of the language model."""
     global_batch_size: int = 32

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .config import JobConfig
 from .errors import LayoutError, UserError
+from .hf.pretrained import apply_pretrained
 from .layout import RankInfo, rank_map, scale_layout
 from .overrides import apply_env, apply_overrides
 from .provenance import preset_file
@@ -67,8 +68,9 @@ class ResolvedJob:
 def validate(job: JobConfig, world_size: int | None = None) -> ResolvedJob:
     """Check ``job`` (config, model fit, layout, batch, node fit) and return it finalized:
     a copy whose unset dp sizes and node count are filled in. ``job`` is not changed."""
-    check_config(job)
     job = copy.deepcopy(job)
+    apply_pretrained(job)  # architecture fields from pretrained checkpoints, before any check uses them
+    check_config(job)
     if world_size is None and job.cluster.nodes is not None:
         world_size = job.cluster.nodes * job.cluster.procs_per_node
     check_model_fit(job)

@@ -40,7 +40,8 @@ def check_data_files(job: JobConfig, on_this_machine: bool) -> list[str]:
             problem = _records_problem(path) if on_this_machine else _sniff_problem(path)
             if problem:
                 raise UserError(f"data.{key}={path}: {problem}")
-    if data.tokenizer != "byte" and present("data.tokenizer", data.tokenizer) and on_this_machine:
+    tokenizer_dir = Path(data.tokenizer).is_dir()  # a checkpoint directory (tokenizer.json inside)
+    if data.tokenizer != "byte" and present("data.tokenizer", data.tokenizer, tokenizer_dir) and on_this_machine:
         problem = _tokenizer_problem(data.tokenizer)
         if problem:
             raise UserError(f"data.tokenizer={data.tokenizer}: {problem}")
@@ -76,8 +77,9 @@ def _sniff_problem(path: str) -> str | None:
 
 
 def _tokenizer_problem(path: str) -> str | None:
+    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return f"not a Hugging Face tokenizer.json ({exc})"
     if not isinstance(data, dict) or "model" not in data:

@@ -66,6 +66,11 @@ def _check_arch(name: str, arch: TransformerArch) -> None:
             f"model.{name}.num_attention_heads={arch.num_attention_heads} is not divisible by "
             f"model.{name}.num_query_groups={arch.query_groups}"
         )
+    if isinstance(arch, VisionEncoder) and not 1 <= arch.built_layers <= arch.num_layers:
+        raise UserError(
+            f"model.{name}.feature_layer={arch.feature_layer} must be in [1, {arch.num_layers}] or "
+            f"[-{arch.num_layers}, -1] (model.{name}.num_layers={arch.num_layers})"
+        )
     if isinstance(arch, VisionEncoder) and arch.image_size % arch.patch_size:
         raise UserError(
             f"model.{name}.image_size={arch.image_size} is not a multiple of "
@@ -101,6 +106,12 @@ def _check_cluster(job: JobConfig) -> None:
         raise UserError(
             f"cluster.procs_per_node={cluster.procs_per_node} exceeds "
             f"cluster.gpus_per_node={cluster.gpus_per_node} (one process per GPU)"
+        )
+    lm, pp = job.layout.language_module, job.layout.language.pp
+    if job.language_model.tie_embeddings and pp > 1 and cluster.gpus_per_node == 0:
+        raise UserError(
+            f"model.{lm}.tie_embeddings with layout.{lm}.pp={pp} needs GPUs (megatron-core 0.16.1 moves the "
+            f"last stage's embedding copy to CUDA); use pp=1 on CPU"
         )
     _check_slurm_settings(job)
 

@@ -1,7 +1,8 @@
 """A Whisper-style audio encoder on megatron-core (0.16.1 has no audio encoder model).
 
 Log-mel features ``[batch, mels, frames]`` go through Whisper's stem (a width-3 convolution,
-GELU, a width-3 stride-2 convolution, GELU), get fixed sinusoidal positions, and run through
+GELU, a width-3 stride-2 convolution, GELU), get fixed sinusoidal positions (a buffer, which
+a Whisper checkpoint's ``embed_positions`` replaces), and run through
 a megatron-core TransformerBlock (bidirectional, tensor parallel over the module's own TP
 group) with a final layer norm. Output: ``[batch, frames // 2, hidden]``.
 """
@@ -43,7 +44,9 @@ class WhisperStyleEncoder(MegatronModule):
         self.conv1 = torch.nn.Conv1d(num_mel_bins, hidden, kernel_size=3, padding=1)
         self.conv2 = torch.nn.Conv1d(hidden, hidden, kernel_size=3, stride=2, padding=1)
         self.seq_length = (num_frames + 1) // 2
-        self.register_buffer("positions", sinusoids(self.seq_length, hidden), persistent=False)
+        # Fixed, not trained; persistent so that imported Whisper positions (bit for bit the
+        # checkpoint's) are saved and exported as they came in.
+        self.register_buffer("positions", sinusoids(self.seq_length, hidden))
         self.decoder = TransformerBlock(
             config=transformer_config,
             spec=transformer_layer_spec,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Collection
 
 import torch
 from megatron.core.transformer.transformer_layer import TransformerLayer
@@ -75,14 +76,18 @@ def init_module(
     tp_rank: int,
     tp_size: int,
     vocab_size: int | None = None,
+    skip: Collection[str] = (),
 ) -> None:
-    """Initialise every parameter of ``module`` (one module's stage on this rank) in place."""
+    """Initialise every parameter of ``module`` (one module's stage on this rank) in place,
+    except those named in ``skip`` (pretrained weights fill them)."""
     names = canonical_names(module)
     owners = {}
     for mod_name, mod in module.named_modules():
         for pname, _ in mod.named_parameters(recurse=False):
             owners[f"{mod_name}.{pname}" if mod_name else pname] = mod
     for name, param in module.named_parameters():
+        if name in skip:
+            continue
         leaf = name.rsplit(".", 1)[-1]
         owner = owners[name]
         if leaf == "bias" or leaf.endswith("_bias"):

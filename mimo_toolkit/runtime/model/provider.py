@@ -27,8 +27,10 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from ...config import JobConfig
 from ...layout import MimoParallelismConfig
+from ...hf.pretrained import ModuleImport, pretrained_import
 from ..parallel import grids
 from ..parallel.data_parallel import wrap_data_parallel
+from . import hf_import
 from .init import init_module
 from .portable import make_rotary_portable
 from .specs import ENCODER_KEY, Backend, detect_backend, mimo_specs
@@ -103,6 +105,8 @@ class MimoModelProvider:
     """True (unpadded) vocabulary size; padding rows start at zero."""
     backend: Backend = "local"
     """Layer backend the specs were built for (te or local)."""
+    pretrained: dict[str, ModuleImport] = field(default_factory=dict)
+    """Module -> its Hugging Face checkpoint import (``model.<module>.pretrained``, docs/weights.md)."""
     _cached_infra: MimoModelInfra | None = field(default=None, repr=False)
     _finalized: bool = field(default=False, repr=False)
 
@@ -126,6 +130,7 @@ class MimoModelProvider:
             seed=job.train.seed,
             language_vocab_size=job.language_model.vocab_size,
             backend=backend,
+            pretrained={n: pretrained_import(job, n) for n, arch in job.model.items() if arch.pretrained},
         )
 
     @property
@@ -240,7 +245,10 @@ class MimoModelProvider:
                 tp_rank=par.coordinates(rank)["tp"],  # the layout's arithmetic, as everywhere
                 tp_size=par.tp,
                 vocab_size=self.language_vocab_size if part is model.language_model else None,
+                skip=hf_import.covered(part, self.pretrained[name]) if name in self.pretrained else (),
             )
+            if name in self.pretrained:  # pretrained weights: this rank's slices only
+                hf_import.load_pretrained(part, self.pretrained[name], pgc.tp.rank(), pgc.tp.size())
 
     def _apply_freezing(self, model: RankLocalMimoModel) -> None:
         if self.freeze_language_model and model.language_model is not None:

@@ -60,6 +60,16 @@ def _activation(name: str) -> tuple:
     return {"gelu": (F.gelu, False), "quick_gelu": (quick_gelu, False), "swiglu": (F.silu, True)}[name]
 
 
+#: The projector's activation by name (gelu is erf-based, as Hugging Face's "gelu").
+PROJECTOR_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     """Vocabulary padded so every TP rank holds an equal slice (padding is masked in the loss)."""
     step = multiple * tp
@@ -87,7 +97,7 @@ def transformer_config(arch: TransformerArch, par: ModuleParallelismConfig, dtyp
     """A TransformerConfig for one module on its own parallel layout."""
     act, gated = _activation(arch.activation)
     return TransformerConfig(
-        num_layers=arch.num_layers,
+        num_layers=arch.built_layers,
         hidden_size=arch.hidden_size,
         num_attention_heads=arch.num_attention_heads,
         num_query_groups=arch.query_groups,
@@ -198,6 +208,8 @@ def language_model_spec(arch: LanguageModel, par: ModuleParallelismConfig, backe
             "max_sequence_length": arch.max_sequence_length,
             "position_embedding_type": arch.position_embedding,
             "rotary_base": arch.rotary_base,
+            "rope_scaling": arch.rope_scaling_factor is not None,
+            "rope_scaling_factor": arch.rope_scaling_factor or 8.0,
             "share_embeddings_and_output_weights": arch.tie_embeddings,
             "parallel_output": True,
         },
@@ -212,7 +224,7 @@ def projector_spec(arch: VisionEncoder | AudioEncoder, llm: LanguageModel, par: 
         hidden_size=llm.hidden_size,
         ffn_hidden_size=arch.projector_ffn_hidden_size or llm.hidden_size,
         num_attention_heads=par.tp,  # required by TransformerConfig (a multiple of TP); unused by the MLP
-        activation_func=F.gelu,
+        activation_func=PROJECTOR_ACTIVATIONS[arch.projector_activation],
         add_bias_linear=True,
         tensor_model_parallel_size=par.tp,
         pipeline_dtype=dtype,
