@@ -27,7 +27,7 @@ def test_unset_fields_are_filled_from_config_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     job = resolve("model.llm.pretrained=llama")
     llm = job.language_model
-    assert llm.pretrained == str(tmp_path / "llama")  # absolute: the job may run elsewhere
+    assert llm.pretrained == "llama"  # as given, like data.path
     assert (llm.num_query_groups, llm.rotary_base, llm.rope_scaling_factor) == (2, 500000, None)
     assert (llm.hidden_size, llm.ffn_hidden_size, llm.vocab_size, llm.tie_embeddings) == (128, 256, 320, False)
     assert llm.max_sequence_length == 128
@@ -122,7 +122,7 @@ def test_sharded_checkpoint_is_read_from_its_index(tmp_path):
 
 def test_tokenizer_checks(tmp_path):
     ok = write_tokenizer(tmp_path / "ok", vocab=300, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    assert resolve(f"data.tokenizer={ok}").data.tokenizer == str(ok)
+    assert resolve(f"data.tokenizer={ok}").data.tokenizer == str(ok)  # a checkpoint directory
     big = write_tokenizer(tmp_path / "big", vocab=400)
     with pytest.raises(UserError, match=r"data.tokenizer=.*big: tokenizer.json has 400 ids but the language model's vocab_size is 320"):
         resolve(f"data.tokenizer={big}")

@@ -21,17 +21,19 @@ refused on CPU.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from dist_support import TORCHRUN, _env
+from dist_support import _env
 from hf_reference import global_batch, hf_grads_of, llava_reference, load_records, relative_error
 from hf_support import make_clip, make_llama, make_llava, make_whisper
 
 from mimo_toolkit.resolve import resolve_job
+from mimo_toolkit.torchrun import torchrun_args
 from mimo_toolkit.runtime.model.specs import padded_vocab_size
 
 pytestmark = pytest.mark.slow
@@ -78,11 +80,14 @@ def multi_encoder_case(checkpoints) -> dict:
 
 
 def run_worker(cases: list[dict], out: Path, nproc: int = 2, timeout: float = 900) -> None:
+    """``tests/hf_parity_worker.py`` under torchrun (a free port), all cases in one launch."""
     spec = out / "cases.json"
     out.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(cases))
-    cmd = [*TORCHRUN, "--nproc-per-node", str(nproc), "--max-restarts", "0", str(WORKER), str(spec), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=nproc, rdzv_endpoint="localhost:0",
+                        module=WORKER.stem, module_args=[str(spec), str(out)])
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 

@@ -11,13 +11,12 @@
 3. ``data.tokenizer`` (:mod:`.tokenizer`): its vocabulary must fit the LLM's, its chat
    template must render.
 
-Paths are made absolute, so the job finds them from any working directory.
+Paths are read as given, like ``data.path``: relative ones from where the job runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 from ..config import JobConfig, LanguageModel, TransformerArch, VisionEncoder
@@ -45,15 +44,12 @@ def apply_pretrained(job: JobConfig) -> dict[str, ModuleImport]:
     sources = {}
     for name, arch in job.model.items():
         if arch.pretrained:
-            arch.pretrained = os.path.abspath(arch.pretrained)
             sources[name] = open_source(arch.KIND, arch.pretrained, f"model.{name}.pretrained")
             reconcile(name, arch, sources[name], _set_by_override(job, name))
     imports = {name: module_import(job, name, src) for name, src in sources.items()}
     for imp in imports.values():
         check_tensors(job, imp)
-    if job.data.tokenizer != "byte":
-        job.data.tokenizer = os.path.abspath(job.data.tokenizer)
-        check_tokenizer(job)
+    check_tokenizer(job)
     return imports
 
 

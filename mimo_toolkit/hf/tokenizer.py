@@ -55,10 +55,13 @@ class TokenizerFiles:
         files.template = ChatTemplate.find(path, config, files.special_tokens())
         return files
 
-    def vocab_size(self) -> int:
-        """1 + the largest id of tokenizer.json (its model's vocabulary and added tokens)."""
+    def vocab_size(self) -> int | None:
+        """1 + the largest id of tokenizer.json (its model's vocabulary and added tokens); None
+        for a file that is no tokenizer.json (``validation.files`` names that problem)."""
         data = _json(self.tokenizer_json)
-        vocab = (data.get("model") or {}).get("vocab") or {}
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            return None
+        vocab = data["model"].get("vocab") or {}
         ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
         ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
         if not ids:
@@ -80,7 +83,7 @@ def _json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not readable JSON ({exc})") from None
+        raise UserError(f"{path}: not a Hugging Face tokenizer file ({exc})") from None
 
 
 class ChatTemplate:
@@ -189,7 +192,7 @@ def check_tokenizer(job) -> None:
         return  # existence is checked where the job reads it (validation.files)
     files = TokenizerFiles.locate(spec)
     vocab, lm = files.vocab_size(), job.model.get(job.layout.language_module)
-    if lm is not None and vocab > lm.vocab_size:
+    if lm is not None and vocab is not None and vocab > lm.vocab_size:
         raise UserError(
             f"data.tokenizer={spec}: {files.tokenizer_json.name} has {vocab} ids but the language model's "
             f"vocab_size is {lm.vocab_size}"

@@ -248,7 +248,7 @@ class MimoModelProvider:
                 skip=hf_import.covered(part, self.pretrained[name]) if name in self.pretrained else (),
             )
             if name in self.pretrained:  # pretrained weights: this rank's slices only
-                hf_import.load_pretrained(part, self.pretrained[name], pgc.tp.rank(), pgc.tp.size())
+                hf_import.load_pretrained(part, self.pretrained[name], par.coordinates(rank)["tp"], par.tp)
 
     def _apply_freezing(self, model: RankLocalMimoModel) -> None:
         if self.freeze_language_model and model.language_model is not None:
