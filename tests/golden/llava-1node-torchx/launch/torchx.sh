@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 4024d045c651
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 3c7084f6a8ab
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

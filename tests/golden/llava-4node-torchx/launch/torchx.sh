@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 8b0cfd0b5a63
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 189e0d118c06
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config 59479e6471b7
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config b34c2395280e
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

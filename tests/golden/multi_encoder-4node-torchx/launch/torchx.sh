@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 0839c3e5a57b
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config d249e8282853
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

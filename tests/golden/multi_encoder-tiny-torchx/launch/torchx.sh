@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config b99930817680
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config bf5de2ab4f07
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #
