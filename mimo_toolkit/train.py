@@ -99,7 +99,7 @@ def main(config: str, run_dir: str) -> int:
         os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     import torch
 
-    from .runtime.parallel.distributed import failure_board, init_distributed
+    from .runtime.parallel.distributed import failure_board, init_distributed, shutdown
     from .runtime.train.trainer import Trainer
 
     if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
@@ -113,11 +113,6 @@ def main(config: str, run_dir: str) -> int:
         ctx = init_distributed(job.train.timeout_s, want_gpu=job.cluster.gpus_per_node > 0, stop=stop)
         trainer = Trainer(job, rd, ctx)
         code = trainer.train()
-        board.finish()
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-        return code
     except BaseException as exc:  # noqa: BLE001 - every failure must end every rank
         board.record(exc, trainer.step if trainer else None)
         import traceback
@@ -125,6 +120,7 @@ def main(config: str, run_dir: str) -> int:
         traceback.print_exc()
         board.abort(f"rank {rank} failed")
         return 1
+    return shutdown(board, code)
 
 
 def cli(argv: list[str] | None = None) -> None:

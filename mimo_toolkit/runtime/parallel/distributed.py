@@ -8,6 +8,15 @@ seconds and exits with :data:`EXIT_PEER_FAILED`, even while its main thread is s
 collective; rank 0 first says which rank failed first and why, and writes it to
 ``exit_status.json``. Communication errors are symptoms, never named as the cause when a
 real failure or a silent rank explains them.
+
+Two clocks, on purpose: the world group's collective timeout (``train.timeout_s``, minutes:
+a checkpoint barrier may wait on a slow synchronous save) and the board's (seconds: a dead
+rank is named long before any collective would time out).
+
+Shutdown is ordered (:func:`shutdown`): the watchdog thread is stopped AND joined before the
+interpreter exits. A daemon thread still inside a store call at exit is killed by the
+interpreter's teardown mid-C++ (``pthread_exit`` unwinding through a ``noexcept`` frame):
+SIGABRT, "terminate called without an active exception", after a run that completed.
 """
 
 from __future__ import annotations
@@ -29,6 +38,13 @@ from ...run_dir import EXIT_PEER_FAILED, RunDir, StopRequest, write_json_atomic
 
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 10.0
+#: The board's own store operations are small; a store that does not answer within this
+#: means its host (rank 0's torchrun agent) is gone. Independent of the collective timeout.
+STORE_TIMEOUT_S = 30.0
+#: How long a clean shutdown waits for the watchdog to leave its current store call.
+JOIN_TIMEOUT_S = STORE_TIMEOUT_S + 5.0
+#: What a store call raises when its host is unreachable or a key times out.
+STORE_ERRORS = (dist.DistError, ConnectionError, TimeoutError)
 _COMM_ERRORS = ("Connection closed", "Connection reset", "Broken pipe", "timed out", "Timed out", "NCCL", "peer")
 
 
@@ -51,7 +67,9 @@ class DistContext:
 
 
 def init_distributed(timeout_s: int, want_gpu: bool, stop: StopRequest | None = None) -> DistContext:
-    """Join the job's process group: NCCL on GPUs when the job asks for them, gloo otherwise."""
+    """Join the job's process group: NCCL on GPUs when the job asks for them, gloo otherwise.
+
+    ``timeout_s`` is every collective's limit (``train.timeout_s``); subgroups inherit it."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -89,7 +107,8 @@ class LocalBoard:
 
     def start(self) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self) -> bool:
+        return True
 
     def record(self, exc: BaseException, step: int | None) -> None:
         write_json_atomic(self.run_dir.failure_file(0), {"rank": 0, "time": time.time(), "step": step,
@@ -116,7 +135,7 @@ class FailureBoard:
             os.environ.get("MASTER_ADDR", "127.0.0.1"),
             int(os.environ.get("MASTER_PORT", "29500")),
             is_master=False,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=datetime.timedelta(seconds=min(STORE_TIMEOUT_S, timeout_s)),
             wait_for_workers=False,
         )
         self.prefix = f"mimo/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
@@ -131,19 +150,33 @@ class FailureBoard:
         self._thread = threading.Thread(target=self._watch, name="mimo-watchdog", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the watchdog and wait for its thread to end; False if it did not end in time
+        (stuck in a store call whose host is gone)."""
         self._stop.set()
+        if self._thread is None or self._thread is threading.current_thread():
+            return True
+        self._thread.join(JOIN_TIMEOUT_S)
+        return not self._thread.is_alive()
 
     def _beat(self) -> None:
         self.store.set(f"{self.prefix}/hb/{self.rank}", str(time.time()))
 
     def _watch(self) -> None:
+        try:
+            self._poll_until_stopped()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave this rank unwatched
+            _say(f"the failure-board watchdog crashed ({type(exc).__name__}: {exc}); ending this rank")
+            self.abort(f"rank {self.rank}'s watchdog crashed")
+
+    def _poll_until_stopped(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._beat()
                 failed = int(self.store.add(f"{self.prefix}/failures", 0))
                 stale = self.silent_ranks()
-            except Exception:  # the store's host (rank 0's node agent) is gone
+            except STORE_ERRORS as exc:  # the store's host (rank 0's node agent) is gone
+                _say(f"the rendezvous store does not answer ({type(exc).__name__}: {exc})")
                 failed, stale = 1, []
             if failed or stale:
                 if self._stop.is_set():
@@ -165,10 +198,14 @@ class FailureBoard:
                 silent.append(r)
         return silent
 
-    def finish(self) -> None:
-        """This rank is leaving cleanly (completed or preempted): it is not a silent failure."""
-        self.store.set(f"{self.prefix}/done/{self.rank}", "1")
-        self.stop()
+    def finish(self) -> bool:
+        """This rank is leaving cleanly (completed or preempted): it is not a silent failure.
+        Returns whether the watchdog thread ended (see :meth:`stop`)."""
+        try:
+            self.store.set(f"{self.prefix}/done/{self.rank}", "1")
+        except STORE_ERRORS as exc:  # finished anyway; peers may call this rank silent
+            _say(f"could not mark this rank as done in the rendezvous store ({type(exc).__name__}: {exc})")
+        return self.stop()
 
     def _has(self, key: str) -> bool:
         return self.store.check([f"{self.prefix}/{key}"])
@@ -185,12 +222,15 @@ class FailureBoard:
             "comm_error": is_comm_error(exc),
             "traceback": "".join(traceback.format_exception(exc))[-20000:],
         }
-        write_json_atomic(self.run_dir.failure_file(self.rank), info)
+        try:
+            write_json_atomic(self.run_dir.failure_file(self.rank), info)
+        except OSError as exc:
+            _say(f"could not write {self.run_dir.failure_file(self.rank)}: {exc}")
         try:
             self.store.set(f"{self.prefix}/failure/{self.rank}", json.dumps(info))
             self.store.add(f"{self.prefix}/failures", 1)
-        except Exception:
-            pass
+        except STORE_ERRORS as exc:  # the peers still notice: this rank stops heartbeating
+            _say(f"could not report the failure to the rendezvous store ({type(exc).__name__}: {exc})")
 
     def _reports(self) -> list[dict]:
         reports = []
@@ -198,8 +238,8 @@ class FailureBoard:
             try:
                 if self._has(f"failure/{r}"):
                     reports.append(json.loads(self.store.get(f"{self.prefix}/failure/{r}").decode()))
-            except Exception:
-                continue
+            except ValueError as exc:  # a report cut short (JSONDecodeError, bad UTF-8)
+                _say(f"rank {r}'s failure report is unreadable: {exc}")
         return sorted(reports, key=lambda f: f["time"])
 
     def _vanished(self, reported: set[int]) -> list[int]:
@@ -232,7 +272,8 @@ class FailureBoard:
                 if vanished:
                     return {"rank": vanished[0], "error": "the process died without a report (killed or crashed)",
                             "comm_error": False}
-            except Exception:
+            except STORE_ERRORS as exc:
+                _say(f"the rendezvous store stopped answering while looking for the first failure ({exc})")
                 break
             if time.time() > deadline:
                 break
@@ -245,18 +286,42 @@ class FailureBoard:
         self._stop.set()
         try:
             self.store.set(f"{self.prefix}/aborted/{self.rank}", why)
-        except Exception:
-            pass
+        except STORE_ERRORS as exc:
+            _say(f"could not mark this rank as aborted in the rendezvous store ({exc})")
         try:
             first = self.first_failure()
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - abort must reach os._exit whatever happens
+            _say(f"could not determine the first failure ({type(exc).__name__}: {exc})")
             first = {"rank": self.rank, "error": why}
         if self.rank == 0 or first["rank"] == 0:
             msg = f"rank {first['rank']} failed first: {first['error']}"
             print(f"[mimo-toolkit] {msg}", file=sys.stderr, flush=True)
             try:
                 self.run_dir.write_exit_status("failed", first_failed_rank=first["rank"], message=first["error"])
-            except Exception:
-                pass
+            except OSError as exc:
+                _say(f"could not write {self.run_dir.exit_status_file}: {exc}")
         sys.stderr.flush()
         os._exit(EXIT_PEER_FAILED)
+
+
+def _say(message: str) -> None:
+    """Failure handling never hides what went wrong in it: one line on this rank's stderr."""
+    print(f"[mimo-toolkit] {message}", file=sys.stderr, flush=True)
+
+
+def shutdown(board, code: int) -> int:
+    """Leave in order after a clean end (completed or preempted): mark this rank done and
+    join the watchdog, then destroy the process groups (pending p2p work was waited for at
+    the end of each step), then return ``code`` for a normal interpreter exit.
+
+    If the watchdog cannot be joined (its store call hangs: the store's host is gone), the
+    interpreter must not tear down around it: flush and ``os._exit`` with the same code."""
+    joined = board.finish()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if not joined:
+        _say(f"the failure-board watchdog did not stop within {JOIN_TIMEOUT_S:.0f} s; exiting without teardown")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
