@@ -1,10 +1,15 @@
 """A trained model in ONE process, whatever layout trained it: load, forward, greedy decoding.
 
 The job's model is built TP1/PP1 for every module on a 1-rank gloo group (the same
-provider and specs as training, so parameter names and tensor-parallel attributes match),
-and each module's weights are the newest checkpoint's shards merged into full tensors
+provider and specs as training, so tensor-parallel attributes match), and each module's
+weights are the newest checkpoint's shards merged into full tensors
 (``mimo_toolkit.runtime.eval.reshard``). Fine for models that fit one device: evaluation of
 small models, tests, demos.
+
+It always runs on CPU with megatron-core's local layers, also on a GPU machine with
+transformer-engine installed (TE layers cannot run on CPU tensors). A checkpoint written by
+TE layers names some parameters differently (norms fused into the next linear layer,
+``_extra_state``): ``specs.local_parameter_names`` maps them before the merge.
 
 Greedy decoding recomputes the whole sequence for each new token (no KV cache): the
 encoders run once per batch, the LLM once per generated token. Batches are right-padded;
@@ -30,6 +35,7 @@ from ...run_dir import RunDir
 from ..model.provider import MimoModelProvider, _module_parts
 from ..train.checkpoint import LATEST
 from ..train.engine import decoder_input, encode
+from ..model.specs import local_parameter_names
 from .reshard import merge_shards, read_shards
 
 
@@ -77,11 +83,12 @@ class LoadedModel:
 def load_model(job: JobConfig, checkpoint: Path) -> LoadedModel:
     """Build ``job``'s model TP1/PP1 (inside :func:`single_process_group`) and load ``checkpoint``."""
     single = single_rank_job(job)
-    provider = MimoModelProvider.from_job(single)
+    provider = MimoModelProvider.from_job(single, backend="local")
     provider.finalize()
     model = provider.provide()
     for name, part in _module_parts(model, single.layout.language_module).items():
-        part.load_state_dict(merge_shards(read_shards(checkpoint, name), part))
+        shards = {where: local_parameter_names(state) for where, state in read_shards(checkpoint, name).items()}
+        part.load_state_dict(merge_shards(shards, part))
     model.eval()
     step = json.loads((checkpoint / "meta.json").read_text())["step"]
     tp = provider.get_or_build_infra().pg_collections[single.layout.language_module].tp

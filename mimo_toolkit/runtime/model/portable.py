@@ -6,8 +6,10 @@ Three places in 0.16.1 assume CUDA:
   :class:`PortableAttention`, a drop-in ``core_attention`` that calls
   ``torch.nn.functional.scaled_dot_product_attention`` (also fine on GPU without
   transformer-engine).
-* ``RotaryEmbedding.get_emb`` moves ``inv_freq`` to ``torch.cuda.current_device()`` on the
-  first forward: :class:`PortableRotaryEmbedding` keeps it where the module lives.
+* ``RotaryEmbedding`` keeps ``inv_freq`` as a plain attribute (not a buffer), so
+  ``model.to(device)`` leaves it behind, and ``get_emb`` moves it to
+  ``torch.cuda.current_device()`` on the first forward: :class:`PortableRotaryEmbedding`
+  moves it with the module (``to``, ``cuda``, ``to_empty``), always in fp32.
 * ``CLIPViTModel.__init__`` calls ``.cuda()`` on its position ids: :class:`PortableCLIPViTModel`
   builds it with ``Tensor.cuda`` made a no-op when CUDA is absent, and keeps the position ids
   as a buffer so ``.to(device)`` moves them. It also drops the class token when the LLM
@@ -77,7 +79,24 @@ class PortableAttention(MegatronModule):
 
 
 class PortableRotaryEmbedding(RotaryEmbedding):
-    """RoPE that computes on the device ``inv_freq`` already lives on."""
+    """RoPE whose frequency table follows the module to its device and stays fp32.
+
+    ``inv_freq`` is not made a buffer: ``model.to(torch.bfloat16)`` would round the
+    frequencies (megatron-core computes them in fp32), and checkpoints would gain a key.
+    Instead every ``Module._apply`` (what ``to``/``cuda``/``to_empty`` run) moves it to the
+    device that ``fn`` maps a float32 tensor to, without changing its dtype."""
+
+    def _apply(self, fn, recurse: bool = True):
+        target = fn(torch.empty(0, dtype=torch.float32, device=self.inv_freq.device)).device
+        if target != self.inv_freq.device:
+            self.inv_freq = self._fp32_table(target)
+            RotaryEmbedding.forward.cache_clear()  # its lru_cache holds tables on the old device
+        return super()._apply(fn, recurse)
+
+    def _fp32_table(self, device: torch.device) -> torch.Tensor:
+        if self.inv_freq.device.type == "meta":  # no values to move: rebuild from the exact copy
+            return torch.tensor(self.inv_freq_values, dtype=torch.float32, device=device)
+        return self.inv_freq.to(device=device, dtype=torch.float32)
 
     def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
         freqs = self.get_freqs_non_repeated(max_seq_len, offset)
@@ -89,10 +108,15 @@ class PortableRotaryEmbedding(RotaryEmbedding):
 
 
 def make_rotary_portable(model: torch.nn.Module) -> None:
-    """Swap every RotaryEmbedding inside ``model`` for the portable variant (same state)."""
+    """Swap every RotaryEmbedding inside ``model`` for the portable variant (same state).
+
+    The table's values are also kept as Python floats (exact for fp32, and on no device), so
+    that a model moved to the meta device (which keeps no values) can be materialised again
+    with ``to_empty``."""
     for module in model.modules():
         if type(module) is RotaryEmbedding:
             module.__class__ = PortableRotaryEmbedding
+            module.inv_freq_values = tuple(module.inv_freq.float().tolist())
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ lacks owned here:
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,10 +96,13 @@ class MimoModelProvider:
     freeze_modality_encoders: dict[str, bool] = field(default_factory=dict)
     freeze_modality_projections: dict[str, bool] = field(default_factory=dict)
     fp16: bool = False
+    """Refused by :meth:`finalize` (fp16 needs a loss scaler); kept for the Bridge API."""
     bf16: bool = True
-    use_cpu_initialization: bool = False
+    """Cast the built model to bf16 (the optimizers keep fp32 master weights)."""
     init_model_with_meta_device: bool = False
+    """Build on the meta device, then materialise on this rank's device and initialise there."""
     virtual_pipeline_model_parallel_size: int | None = None
+    """Refused by :meth:`finalize` unless None or 1."""
     seed: int = 1234
     """Seed of the layout-independent weight initialisation."""
     language_vocab_size: int | None = None
@@ -107,13 +111,16 @@ class MimoModelProvider:
     """Layer backend the specs were built for (te or local)."""
     pretrained: dict[str, ModuleImport] = field(default_factory=dict)
     """Module -> its Hugging Face checkpoint import (``model.<module>.pretrained``, docs/weights.md)."""
+    collective_timeout_s: float | None = None
+    """Timeout of every process group :meth:`build_infra` creates (the job's
+    ``train.timeout_s``). None: torch's per-backend default, which is NOT the world group's."""
     _cached_infra: MimoModelInfra | None = field(default=None, repr=False)
     _finalized: bool = field(default=False, repr=False)
 
     # ---- construction from a job --------------------------------------------------------
     @classmethod
     def from_job(cls, job: JobConfig, backend: Backend | None = None) -> "MimoModelProvider":
-        backend = backend or detect_backend()
+        backend = backend or detect_backend(gpu=_local_device().type == "cuda")  # where the model will live
         bf16 = job.train.precision == "bf16"
         specs = mimo_specs(job, backend, torch.bfloat16 if bf16 else torch.float32)
         return cls(
@@ -126,11 +133,11 @@ class MimoModelProvider:
             freeze_modality_projections={n: job.is_frozen(f"{n}_projector") for n in job.encoders},
             fp16=False,
             bf16=bf16,
-            use_cpu_initialization=True,
             seed=job.train.seed,
             language_vocab_size=job.language_model.vocab_size,
             backend=backend,
             pretrained={n: pretrained_import(job, n) for n, arch in job.model.items() if arch.pretrained},
+            collective_timeout_s=job.train.timeout_s,
         )
 
     @property
@@ -174,7 +181,8 @@ class MimoModelProvider:
             self.finalize()
         cfg = self._config
         pg_backend = "nccl" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "gloo"
-        grid_map, pgcs = grids.build_all(cfg, pg_backend)
+        timeout = None if self.collective_timeout_s is None else datetime.timedelta(seconds=self.collective_timeout_s)
+        grid_map, pgcs = grids.build_all(cfg, pg_backend, timeout)
         rank = dist.get_rank()
         topology = {name: [cfg.language_module] for name in cfg.encoder_names}
         topology[cfg.language_module] = []
@@ -186,7 +194,13 @@ class MimoModelProvider:
         return self._cached_infra
 
     def initialize_model_parallel(self, *args, **kwargs) -> None:
-        """No-op: MIMO builds per-module groups in :meth:`build_infra`, not global state."""
+        """Refused: MIMO creates per-module groups in :meth:`build_infra`. Global model-parallel
+        state (megatron-core's ``parallel_state``) would describe one layout for all modules,
+        and code reading it would silently use the wrong groups."""
+        raise NotImplementedError(
+            "MimoModelProvider has no global model parallelism: call finalize() and build_infra() "
+            "(provide_distributed_model() does both)"
+        )
 
     # ---- the model ----------------------------------------------------------------------------
     def _inject_language_spec(self, pgc: ProcessGroupCollection) -> ModuleSpec:
@@ -265,21 +279,19 @@ class MimoModelProvider:
     def provide_distributed_model(
         self,
         ddp_config=None,
-        model_type=None,
-        overlap_param_gather_with_optimizer_step: bool = False,
-        fp16: bool | None = None,
         bf16: bool | None = None,
-        use_megatron_fsdp: bool = False,
-        use_torch_fsdp2: bool = False,
         wrap_with_ddp: bool = True,
-        data_parallel_random_init: bool = False,
-        use_cpu_initialization: bool | None = False,
         init_model_with_meta_device: bool | None = None,
         pre_wrap_hook: Hook | list[Hook] | None = None,
         post_wrap_hook: Hook | None = None,
-        mixed_precision_wrapper: Callable | None = None,
     ) -> list[RankLocalMimoModel]:
         """Build, move to this rank's device, cast, and give every module its own data parallelism.
+
+        Every parameter is honoured; the Bridge parameters this runtime cannot honour
+        (fp16, FSDP, ``data_parallel_random_init``, a mixed-precision wrapper, ...) are not
+        in the signature. The pre-wrap hooks run first, and the device move, the bf16 cast and
+        the wrapping apply to the models THEY return (each must keep ``language_model`` and
+        ``modality_submodules``, e.g. a MimoModel with weights loaded into it).
 
         Each participating module with trainable parameters gets a data-parallel wrapper over
         its OWN dp x cp group (megatron-core DDP on CUDA, ``PortableDataParallel`` over gloo
@@ -289,10 +301,6 @@ class MimoModelProvider:
         Gradients are SUMMED over data-parallel replicas (losses are normalised by the global
         token count), so every layout computes the same update.
         """
-        if use_megatron_fsdp or use_torch_fsdp2:
-            raise ValueError("FSDP is not supported by the MIMO runtime")
-        if fp16 is not None:
-            self.fp16 = fp16
         if bf16 is not None:
             self.bf16 = bf16
         if init_model_with_meta_device is not None:
@@ -300,29 +308,31 @@ class MimoModelProvider:
         if not self._finalized:
             self.finalize()
         infra = self.get_or_build_infra()
-        model = self.provide()
-        models = [model]
+        models = [self.provide()]
         for hook in _as_hooks(pre_wrap_hook):
             models = hook(models)
         device = _local_device()
+        for model in models:
+            self._to_device(model, device)
+            model.data_parallel = {}
+            if wrap_with_ddp:
+                for name, part in _module_parts(model, self._config.language_module).items():
+                    wrapper = wrap_data_parallel(part, infra.pg_collections[name], ddp_config)
+                    if wrapper is not None:
+                        model.data_parallel[name] = wrapper
+        if post_wrap_hook is not None:
+            models = post_wrap_hook(models)
+        return models
+
+    def _to_device(self, model: RankLocalMimoModel, device: torch.device) -> None:
+        """Materialise (meta init) or move the model to ``device``, then cast to bf16."""
         if self.init_model_with_meta_device:
             model.to_empty(device=device)
             self.initialize_weights(model)
         else:
             model.to(device)
-        if mixed_precision_wrapper is not None:
-            models = [mixed_precision_wrapper(m) for m in models]
-        elif self.bf16:
+        if self.bf16:
             model.to(torch.bfloat16)
-        model.data_parallel = {}
-        if wrap_with_ddp:
-            for name, part in _module_parts(model, self._config.language_module).items():
-                wrapper = wrap_data_parallel(part, infra.pg_collections[name], ddp_config)
-                if wrapper is not None:
-                    model.data_parallel[name] = wrapper
-        if post_wrap_hook is not None:
-            models = post_wrap_hook(models)
-        return models
 
 
 def _module_parts(model: RankLocalMimoModel, language_module: str) -> dict[str, torch.nn.Module]:

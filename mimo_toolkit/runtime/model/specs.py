@@ -1,8 +1,10 @@
 """Recipe architectures -> megatron-core TransformerConfigs and ModuleSpecs.
 
 The backend is a swap, not a fork: :func:`layer_spec` returns transformer-engine layers when
-TE is importable on a GPU machine and megatron-core's local layers with
-:class:`~mimo_toolkit.runtime.model.portable.PortableAttention` otherwise. Everything else (the
+TE is installed on a GPU machine and megatron-core's local layers with
+:class:`~mimo_toolkit.runtime.model.portable.PortableAttention` otherwise. The two name some
+parameters differently (TE fuses each layer norm into the next linear layer);
+:func:`local_parameter_names` reads a TE state dict under the local names. Everything else (the
 GPT model, the CLIP ViT, the audio encoder, the projectors and the MIMO modality
 submodules) is the same ModuleSpec either way.
 
@@ -13,6 +15,8 @@ Specs carry no process groups; ``MimoModelProvider`` injects each module's
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,15 +48,49 @@ ENCODER_KEY = {"vision": "clip", "audio": "whisper"}
 
 
 @functools.cache
-def detect_backend() -> Backend:
-    """transformer-engine on GPU machines where it imports; megatron-core local layers otherwise."""
-    if not torch.cuda.is_available():
+def detect_backend(gpu: bool | None = None) -> Backend:
+    """transformer-engine on GPU machines where it is installed; megatron-core's local layers
+    otherwise (``gpu``: whether this process computes on a GPU; default: CUDA is available).
+
+    Never silently: without TE a GPU job trains with local layers (slower: no fused kernels),
+    and says so; TE installed but failing to import (CUDA, driver or torch ABI mismatch) is
+    an error, because falling back would change speed and checkpoint names unnoticed."""
+    if not (torch.cuda.is_available() if gpu is None else gpu):
+        return "local"
+    if importlib.util.find_spec("transformer_engine") is None:
+        warnings.warn("transformer-engine is not installed: this GPU job uses megatron-core's local layers "
+                      "(slower); install the toolkit's `te` extra for fused TE layers", stacklevel=2)
         return "local"
     try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return "local"
+        import transformer_engine.pytorch  # noqa: F401
+        import megatron.core.extensions.transformer_engine  # noqa: F401
+    except Exception as exc:  # re-raised: whatever a broken native install throws (ImportError, OSError, ...)
+        raise RuntimeError(
+            f"transformer-engine is installed but does not import ({type(exc).__name__}: {exc}); fix it (its "
+            "CUDA and torch builds must match this machine's) or uninstall it to train with megatron-core's local layers"
+        ) from exc
     return "te"
+
+
+#: transformer-engine fuses each layer norm into the linear layer after it
+#: (``TELayerNormColumnParallelLinear``); megatron-core's local layers keep it apart. This is
+#: megatron-core's own local GPT spec's ``sharded_state_dict_keys_map``, read backwards.
+TE_FUSED_NORMS = {
+    "self_attention.linear_qkv.layer_norm_": "input_layernorm.",
+    "mlp.linear_fc1.layer_norm_": "pre_mlp_layernorm.",
+}
+
+
+def local_parameter_names(state: dict) -> dict:
+    """A state dict written by TE layers under the local layers' names: fused norms split out,
+    and TE's ``_extra_state`` entries (FP8 scaling metadata, no weights) emptied, as local
+    layers keep none (theirs is None). A state dict of local layers passes unchanged."""
+    out = {}
+    for key, value in state.items():
+        for fused, local in TE_FUSED_NORMS.items():
+            key = key.replace(fused, local)
+        out[key] = None if key.endswith("._extra_state") else value
+    return out
 
 
 def _activation(name: str) -> tuple:

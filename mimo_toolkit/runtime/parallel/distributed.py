@@ -56,6 +56,8 @@ class DistContext:
     device: torch.device
     backend: str
     stop: StopRequest = field(default_factory=StopRequest)
+    timeout: datetime.timedelta | None = None
+    """Every collective's limit (``train.timeout_s``); pass it to each group created later."""
 
     @property
     def stop_requested(self) -> threading.Event:
@@ -90,7 +92,8 @@ def init_distributed(timeout_s: int, want_gpu: bool, stop: StopRequest | None = 
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if use_gpu else None,
         )
-    return DistContext(rank, world, local_rank, device, backend, stop or StopRequest())
+    return DistContext(rank, world, local_rank, device, backend, stop or StopRequest(),
+                       datetime.timedelta(seconds=timeout_s))
 
 
 def is_comm_error(exc: BaseException) -> bool:

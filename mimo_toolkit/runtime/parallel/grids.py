@@ -4,11 +4,21 @@ Every module gets a megatron-core ``HyperCommGrid`` with dims ``tp, cp, dp, pp``
 (innermost first, the order ``mimo_toolkit.layout`` numbers ranks in) starting at its
 ``rank_offset``. Process-group creation is a collective over the whole world, so EVERY rank
 creates EVERY module's groups, in one fixed order (modules in declaration order, then the
-dims below, then the embedding groups), including modules it does not take part in.
-Creating them per rank in different orders caused silent cross-talk upstream.
+dims below, then the embedding and expert groups), including modules it does not take part
+in. Creating them per rank in different orders caused silent cross-talk upstream.
+
+The collection holds every group megatron-core's ``DistributedDataParallel`` requires
+(``ProcessGroupCollection.setup_process_groups_for_ddp``: dp, dp_cp, expt_dp, and tp, pp
+and ep), so wrapping a module creates no group of its own: a collective that only the
+ranks holding trainable parameters would reach.
+
+Every group gets the job's collective timeout: a subgroup created without one gets torch's
+per-backend default (30 min gloo, 10 min NCCL), not the world group's.
 """
 
 from __future__ import annotations
+
+import datetime
 
 import torch.distributed as dist
 from megatron.core.hyper_comm_grid import HyperCommGrid
@@ -33,29 +43,35 @@ def build_grid(par: ModuleParallelismConfig, backend: str) -> HyperCommGrid:
     return HyperCommGrid(par.shape, list(GRID_DIMS), rank_offset=par.rank_offset, backend=backend)
 
 
-def _new_groups(rank_lists: list[list[int]], backend: str) -> dist.ProcessGroup | None:
+def _new_groups(rank_lists: list[list[int]], backend: str, timeout: datetime.timedelta | None) -> dist.ProcessGroup | None:
     """Create one group per rank list (collective); return the one holding this rank."""
     mine = None
     for ranks in rank_lists:
-        group = dist.new_group(ranks=ranks, backend=backend)
+        group = dist.new_group(ranks=ranks, backend=backend, timeout=timeout)
         if dist.get_rank() in ranks:
             mine = group
     return mine
 
 
-def build_pg_collection(grid: HyperCommGrid, backend: str) -> ProcessGroupCollection | None:
+def build_pg_collection(grid: HyperCommGrid, backend: str, timeout: datetime.timedelta | None = None,
+                        ) -> ProcessGroupCollection | None:
     """Create all groups of one module (on every rank); None where this rank is outside it."""
-    pgs = {field: grid.create_pg(dims) for field, dims in GROUP_DIMS.items()}
+    pgs = {field: grid.create_pg(dims, timeout=timeout) for field, dims in GROUP_DIMS.items()}
     pp_groups = grid.get_rank_enum("pp")
     # Embedding groups: first and last pipeline stage of each pipeline (tied embeddings),
     # and the first stage alone (position embeddings), as megatron-core's parallel_state does.
-    embd = _new_groups([sorted({g[0], g[-1]}) for g in pp_groups], backend)
-    pos_embd = _new_groups([[g[0]] for g in pp_groups], backend)
-    if dist.get_rank() not in range(grid.rank_offset, grid.rank_offset + int(grid.size)):
+    embd = _new_groups([sorted({g[0], g[-1]}) for g in pp_groups], backend, timeout)
+    pos_embd = _new_groups([[g[0]] for g in pp_groups], backend, timeout)
+    # Expert parallelism: the recipes' models are dense (the layout refuses ep > 1), so each
+    # rank is its own expert-parallel group, as in parallel_state with ep=1. DDP requires it.
+    module_ranks = range(grid.rank_offset, grid.rank_offset + int(grid.size))
+    ep = _new_groups([[r] for r in module_ranks], backend, timeout)
+    if dist.get_rank() not in module_ranks:
         return None
     pgc = ProcessGroupCollection(**pgs)
     pgc.embd = embd
     pgc.pos_embd = pos_embd
+    pgc.ep = ep
     # Dense models: the expert data-parallel group is the data-parallel group (with CP);
     # megatron-core's DDP reads it and would otherwise create a group of its own (a collective).
     pgc.expt_dp = pgs["dp_cp"]
@@ -63,10 +79,11 @@ def build_pg_collection(grid: HyperCommGrid, backend: str) -> ProcessGroupCollec
     return pgc
 
 
-def build_all(layout: MimoParallelismConfig, backend: str) -> tuple[dict[str, HyperCommGrid], dict[str, ProcessGroupCollection | None]]:
+def build_all(layout: MimoParallelismConfig, backend: str, timeout: datetime.timedelta | None = None,
+              ) -> tuple[dict[str, HyperCommGrid], dict[str, ProcessGroupCollection | None]]:
     """Grids and this rank's ProcessGroupCollections for every module, in declaration order."""
     grids, pgcs = {}, {}
     for name, par in layout.module_parallelisms.items():
         grids[name] = build_grid(par, backend)
-        pgcs[name] = build_pg_collection(grids[name], backend)
+        pgcs[name] = build_pg_collection(grids[name], backend, timeout)
     return grids, pgcs

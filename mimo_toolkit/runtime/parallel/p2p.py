@@ -21,9 +21,9 @@ CHANNELS = ("pipe_fwd", "pipe_bwd", "bridge_fwd", "bridge_bwd")
 
 
 class P2P:
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, timeout=None) -> None:
         world = list(range(dist.get_world_size()))
-        self.groups = {name: dist.new_group(ranks=world, backend=backend) for name in CHANNELS}
+        self.groups = {name: dist.new_group(ranks=world, backend=backend, timeout=timeout) for name in CHANNELS}
         self._pending: list[tuple[dist.Work, torch.Tensor]] = []
         self.bytes_sent: Counter[str] = Counter()
         self.wait_s = 0.0

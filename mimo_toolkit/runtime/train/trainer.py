@@ -77,7 +77,7 @@ class Trainer:
 
         # Transport, data and schedule.
         self.geometry = BatchGeometry.of(job)
-        self.p2p = P2P(ctx.backend)
+        self.p2p = P2P(ctx.backend, ctx.timeout)
         self.bridge = make_bridge(
             layout, self.p2p, self.pgcs, self.geometry.micro_batch, job.language_model.hidden_size, self.dtype, ctx.device
         )
