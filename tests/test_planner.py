@@ -18,6 +18,8 @@ from click.testing import CliRunner
 
 from mimo_toolkit.cli import cli
 from mimo_toolkit.config import LanguageModel
+from mimo_toolkit.costs.flops import BIDIRECTIONAL, forward_flops
+from mimo_toolkit.costs.params import count_params
 from mimo_toolkit.errors import UserError
 from mimo_toolkit.overrides import apply_overrides
 from mimo_toolkit.recipe import load_recipe
@@ -35,10 +37,8 @@ from mimo_toolkit.planner.calibration import (
 )
 from mimo_toolkit.planner.candidate import Candidate, Placement, evaluate_layout
 from mimo_toolkit.planner.cost import bubble_fraction
-from mimo_toolkit.planner.flops import BIDIRECTIONAL, forward_flops
 from mimo_toolkit.planner.hardware import builtin_machine
 from mimo_toolkit.planner.memory import module_memory
-from mimo_toolkit.planner.params import count_params
 from mimo_toolkit.planner.plan import PlanRequest, make_plan
 from mimo_toolkit.planner.rules import REASONS, apply_candidate, layout_reason
 from mimo_toolkit.planner.search import micro_batch_sizes, search

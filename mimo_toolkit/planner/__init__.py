@@ -2,8 +2,9 @@
 
 Pure Python (no torch, no megatron), one module per concern, in the order data flows:
 
-* ``params`` / ``flops``: parameter counts and forward FLOPs from the architecture dataclasses;
-* ``workload``: a job turned into per-module work (freezing -> work multipliers), batch, precision;
+* ``mimo_toolkit.costs`` (shared with the runtime): parameter counts, forward FLOPs, work
+  multipliers from freezing, published GPU peaks;
+* ``workload``: a job turned into per-module work, batch, precision;
 * ``hardware`` / ``calibration``: the machine (published peaks x assumed efficiencies, or a
   measured calibration profile) and collective times;
 * ``memory`` / ``cost``: bytes per GPU and seconds per step of a layout;

@@ -1,8 +1,8 @@
 """The machine a plan is for: compute rates, memory, bandwidths, and collective times.
 
-Built-in GPU figures are published peaks (dense BF16: H100 SXM and H200 989 TFLOP/s, A100
-312 TFLOP/s) times an efficiency that large transformer layers reach (``efficiency``) and two
-shape factors: GEMMs slow down when tensor parallelism leaves a narrow hidden shard, and when
+Built-in GPU figures are published peaks (``costs.devices``, the table the runtime's MFU
+uses: dense BF16 H100 SXM and H200 989 TFLOP/s, A100 312 TFLOP/s) times an efficiency that
+large transformer layers reach (``efficiency``) and two shape factors: GEMMs slow down when tensor parallelism leaves a narrow hidden shard, and when
 a micro-batch carries few tokens. These efficiencies are assumptions until a calibration
 profile replaces them with measured rates (``calibration.py``); a CPU machine exists only
 through such a profile.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from ..costs.devices import Device, device
 from ..errors import UserError
 
 GIB = float(1 << 30)
@@ -62,16 +63,17 @@ class Machine:
     step_overhead_s: float = 0.0
     """Fixed time per step not in the model (data loading, logging, launch gaps)."""
     source: str = "built-in published figures"
+    fp32_peak_flops: float | None = None
+    """FP32 peak per device without TF32 (the runtime leaves TF32 off); None: unknown."""
 
     @property
     def usable_bytes(self) -> float:
         return self.memory_gib * GIB * self.usable_memory_fraction
 
     def peak(self, precision: str) -> float | None:
-        """Peak for the run's precision: fp32 runs on TF32 tensor cores at half the BF16 rate."""
-        if self.peak_flops is None:
-            return None
-        return self.peak_flops / 2 if precision == "fp32" else self.peak_flops
+        """Peak for the run's precision: fp32 runs without TF32, on the FP32 units (as the
+        runtime runs it, and as its MFU counts it)."""
+        return self.fp32_peak_flops if precision == "fp32" else self.peak_flops
 
     def rate(self, kind: str, hidden: int, tp: int, tokens: float, precision: str) -> float:
         """Achieved FLOP/s of one device running a ``kind`` module shard."""
@@ -133,22 +135,22 @@ def allgather_s(nbytes: float, n: int, bandwidth: float, latency: float) -> floa
 
 # ---- built-in GPUs --------------------------------------------------------------------
 
-#: Memory as nvidia-smi reports it; bandwidths are achievable NCCL bus bandwidths
-#: (NVLink 4: 450 GB/s per direction nominal; 8 x 400 Gb/s NDR per node: 50 GB/s per GPU).
+def gpu_machine(dev: Device, efficiency: float, intra_node: float, inter_node: float) -> Machine:
+    """A built-in machine: the device's published figures plus the planner's assumptions."""
+    return Machine(
+        name=dev.name, peak_flops=dev.bf16_flops, fp32_peak_flops=dev.fp32_flops, memory_gib=dev.memory_gib,
+        efficiency=efficiency, memory_bytes_per_s=dev.memory_bytes_per_s, intra_node_bytes_per_s=intra_node,
+        inter_node_bytes_per_s=inter_node, latency_s=15e-6,
+    )
+
+
+#: ``--gpu`` kinds. Bandwidths are achievable NCCL bus bandwidths: NVLink 4 (450 GB/s per
+#: direction nominal) and 8 x 400 Gb/s NDR per node (50 GB/s per GPU) for Hopper; NVLink 3
+#: (300 GB/s) and 8 x 200 Gb/s HDR for the A100.
 GPUS: dict[str, Machine] = {
-    "h100": Machine(
-        name="h100", peak_flops=989e12, memory_gib=79.6, efficiency=0.55, memory_bytes_per_s=3.35e12,
-        intra_node_bytes_per_s=360e9, inter_node_bytes_per_s=45e9, latency_s=15e-6,
-    ),
-    "h200": Machine(
-        name="h200", peak_flops=989e12, memory_gib=140.4, efficiency=0.57, memory_bytes_per_s=4.8e12,
-        intra_node_bytes_per_s=360e9, inter_node_bytes_per_s=45e9, latency_s=15e-6,
-    ),
-    # A100-SXM4-80GB: NVLink 3 (300 GB/s per direction), 8 x 200 Gb/s HDR per node.
-    "a100": Machine(
-        name="a100", peak_flops=312e12, memory_gib=80.0, efficiency=0.58, memory_bytes_per_s=2.04e12,
-        intra_node_bytes_per_s=230e9, inter_node_bytes_per_s=22e9, latency_s=15e-6,
-    ),
+    "h100": gpu_machine(device("H100 SXM"), 0.55, 360e9, 45e9),
+    "h200": gpu_machine(device("H200 SXM"), 0.57, 360e9, 45e9),
+    "a100": gpu_machine(device("A100 SXM 80GB"), 0.58, 230e9, 22e9),
 }
 
 MACHINE_KINDS = (*GPUS, "cpu")

@@ -1,9 +1,9 @@
 """A job turned into the numbers the cost model needs: per-module work, batch, precision.
 
-This is the only place that reads freezing: each part (encoder body, its projector, the LLM)
-gets a work multiplier (``flops.work_multiplier``) from whether it trains and whether a
-trained part sits in front of it, so frozen parts cost no weight gradients, no optimizer
-state and no data-parallel gradient traffic.
+Freezing is read in one place, ``costs.flops.training_work`` (shared with the runtime's MFU):
+each part (encoder body, its projector, the LLM) gets a work multiplier from whether it
+trains and whether a trained part sits in front of it, so frozen parts cost no weight
+gradients, no optimizer state and no data-parallel gradient traffic.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..config import JobConfig, LanguageModel
-from .flops import ForwardFlops, forward_flops, trunk_tokens, work_multiplier
+from ..costs.flops import ForwardFlops, forward_flops, training_work, trunk_tokens
+from ..costs.params import ParamCounts, count_params, kv_width
 from .hardware import Machine
-from .params import ParamCounts, count_params, kv_width
 
 
 @dataclass(frozen=True)
@@ -148,22 +148,15 @@ class Problem:
 
 def module_work(job: JobConfig) -> tuple[ModuleWork, ...]:
     """Per-module work of ``job``, encoders first."""
-    lm_name = job.layout.language_module
     lm = job.language_model
     seq = job.train.seq_length
-    upstream_trains = False
     out: list[ModuleWork] = []
-    for name, arch in [*job.encoders.items(), (lm_name, lm)]:
+    for part in training_work(job):
+        arch = job.model[part.name]
         is_lm = isinstance(arch, LanguageModel)
-        body_trains = not job.is_frozen(name)
-        proj_trains = False if is_lm else not job.is_frozen(f"{name}_projector")
-        body_mult = work_multiplier(body_trains, is_lm and upstream_trains)
-        proj_mult = 0 if is_lm else work_multiplier(proj_trains, body_trains)
-        if not is_lm:
-            upstream_trains = upstream_trains or body_trains or proj_trains
         out.append(
             ModuleWork(
-                name=name,
+                name=part.name,
                 kind=arch.KIND,
                 is_language=is_lm,
                 layers=arch.num_layers,
@@ -178,10 +171,10 @@ def module_work(job: JobConfig) -> tuple[ModuleWork, ...]:
                 out_tokens=arch.tokens_per_sample,
                 params=count_params(arch, lm.hidden_size),
                 flops=forward_flops(arch, lm.hidden_size, seq),
-                body_multiplier=body_mult,
-                projector_multiplier=proj_mult,
-                body_trains=body_trains,
-                projector_trains=proj_trains,
+                body_multiplier=part.body_multiplier,
+                projector_multiplier=part.projector_multiplier,
+                body_trains=part.body_trains,
+                projector_trains=part.projector_trains,
             )
         )
     return tuple(out)

@@ -1,9 +1,11 @@
 """Per-step metrics: one JSON line per step in ``metrics.jsonl`` and a progress line (rank 0).
 
 Per-module forward/backward seconds are the slowest rank's (one MAX all-reduce per step),
-since the slowest replica sets the pace. MFU is reported on GPUs only: model FLOPs of the
-step (``mimo_toolkit.planner`` formulas, the same the planner predicts with) over the
-world's peak dense BF16 throughput.
+since the slowest replica sets the pace. MFU is reported on GPUs the device table knows
+(``mimo_toolkit.costs``: the FLOP formulas and peaks the planner predicts with): model FLOPs
+of the step over the world's peak for the run's precision, and each row names that peak
+(``mfu_peak``). fp32 runs count the plain FP32 peak unless TF32 matmuls are enabled, as
+PyTorch leaves them off by default.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -20,24 +23,32 @@ from .trackers import log_all
 
 
 def model_flops_per_step(job) -> float:
-    """Model FLOPs of one optimizer step: every module's forward + backward work (frozen parts
-    forward only, no recomputation counted), the planner's formulas."""
-    from ...planner.workload import module_work
+    """Model FLOPs of one optimizer step (``costs.flops.step_flops``)."""
+    from ...costs.flops import step_flops
 
-    return sum(w.work_flops for w in module_work(job)) * job.train.global_batch_size
+    return step_flops(job)
 
 
-def peak_flops_per_device(device: torch.device, precision: str) -> float | None:
-    """Published dense peak of this rank's GPU (None on CPU or an unknown GPU: no MFU)."""
+@dataclass(frozen=True)
+class Peak:
+    """The peak MFU is measured against, and what it is."""
+
+    flops_per_s: float
+    description: str
+    """E.g. 'H100 PCIe bf16 dense 756 TFLOP/s' (written to metrics.jsonl as ``mfu_peak``)."""
+
+
+def device_peak(device: torch.device, precision: str) -> Peak | None:
+    """This rank's GPU's published peak for ``precision`` (None on CPU or an unknown GPU: no MFU)."""
     if device.type != "cuda":
         return None
-    from ...planner.hardware import GPUS
+    from ...costs.devices import device_by_cuda_name
 
-    name = torch.cuda.get_device_name(device).lower()
-    for kind, machine in GPUS.items():
-        if kind in name:
-            return machine.peak(precision)
-    return None
+    known = device_by_cuda_name(torch.cuda.get_device_name(device))
+    if known is None:
+        return None
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return Peak(known.peak_flops(precision, tf32), known.describe_peak(precision, tf32))
 
 
 def slowest_times(times: dict[str, float], keys: list[str], device: torch.device) -> dict[str, float]:

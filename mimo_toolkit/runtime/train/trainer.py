@@ -31,7 +31,7 @@ from ..parallel.distributed import DistContext
 from ..parallel.p2p import P2P
 from .checkpoint import Checkpointer
 from .engine import Engine
-from .metrics import MetricsLog, model_flops_per_step, peak_flops_per_device, slowest_times
+from .metrics import MetricsLog, device_peak, model_flops_per_step, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
 from .schedule import build_schedule, roles_of_rank
 from .trackers import open_trackers
@@ -102,7 +102,7 @@ class Trainer:
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
         self.module_names = list(layout.module_parallelisms)
         self.flops_per_step = model_flops_per_step(job)
-        self.peak_flops = peak_flops_per_device(ctx.device, job.train.precision)
+        self.peak = device_peak(ctx.device, job.train.precision)
         self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd", "wait")]
         self.counted = {
             name: layout.module_parallelisms[name].coordinates(self.rank) is not None
@@ -195,7 +195,8 @@ class Trainer:
             "module_grad_norm": consensus.module_grad_norms,
             "step_time_s": step_time,
             "tokens_per_s": tokens / step_time,
-            "mfu": self.flops_per_step / (step_time * self.ctx.world_size * self.peak_flops) if self.peak_flops else None,
+            "mfu": self.flops_per_step / (step_time * self.ctx.world_size * self.peak.flops_per_s) if self.peak else None,
+            "mfu_peak": self.peak.description if self.peak else None,
             "loss_tokens": consensus.loss_tokens,
             "module_time_s": times,
             "bridge_bytes": consensus.bridge_bytes,

@@ -17,9 +17,13 @@ output, never a gradient into the body.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import LanguageModel, ModuleArch, VisionEncoder
 from .params import count_params, projector_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import JobConfig
 
 #: Attention FLOPs factor of causal decoders (flash attention computes the unmasked half).
 CAUSAL = 0.5
@@ -90,3 +94,49 @@ def work_multiplier(trains: bool, gradient_flows_through: bool) -> int:
     if trains:
         return 3
     return 2 if gradient_flows_through else 1
+
+
+@dataclass(frozen=True)
+class PartWork:
+    """Whether each part of one module trains, and its work multipliers."""
+
+    name: str
+    body_trains: bool
+    projector_trains: bool
+    """Always False for the language model (it has no projector)."""
+    body_multiplier: int
+    projector_multiplier: int
+    """0 for the language model."""
+
+
+def training_work(job: "JobConfig") -> list[PartWork]:
+    """Every module's work multipliers from the job's freezing, encoders first, then the LLM.
+
+    The LLM's body costs 2 even when frozen if any encoder part in front of it trains
+    (gradients flow through it); a projector costs 2 when frozen behind a trained encoder."""
+    lm_name = job.layout.language_module
+    upstream_trains = False
+    out: list[PartWork] = []
+    for name in [*job.encoders, lm_name]:
+        is_lm = name == lm_name
+        body_trains = not job.is_frozen(name)
+        proj_trains = False if is_lm else not job.is_frozen(f"{name}_projector")
+        body_mult = work_multiplier(body_trains, is_lm and upstream_trains)
+        proj_mult = 0 if is_lm else work_multiplier(proj_trains, body_trains)
+        if not is_lm:
+            upstream_trains = upstream_trains or body_trains or proj_trains
+        out.append(PartWork(name, body_trains, proj_trains, body_mult, proj_mult))
+    return out
+
+
+def step_flops(job: "JobConfig") -> float:
+    """Model FLOPs of one optimizer step: every module's forward + backward work (frozen parts
+    forward only, no recomputation counted) over the global batch. The numerator of MFU, for
+    the runtime's metrics and the planner's predictions alike."""
+    lm_hidden = job.language_model.hidden_size
+    seq = job.train.seq_length
+    per_sample = 0.0
+    for part in training_work(job):
+        f = forward_flops(job.model[part.name], lm_hidden, seq)
+        per_sample += part.body_multiplier * f.body + part.projector_multiplier * f.projector
+    return per_sample * job.train.global_batch_size
