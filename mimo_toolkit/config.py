@@ -211,8 +211,10 @@ class TrainConfig:
     """Print a progress line every N steps (metrics.jsonl gets every step)."""
     eval_interval: int = 0
     """Evaluate on the validation split every N steps; 0: never during training."""
-    timeout_s: int = 60
-    """A collective that waits longer than this ends the job (no hangs)."""
+    timeout_s: int = 600
+    """Seconds a collective may wait before it ends the job (every process group's timeout).
+    Generous: a checkpoint barrier waits for synchronous saves and start-up for every rank's
+    data checks. A dead or failing rank still ends the job within seconds (failure board)."""
     loggers: list[str] | None = None
     """Experiment trackers besides metrics.jsonl: any of tensorboard, wandb, mlflow (comma
     separated; [] for none). None: tensorboard when it is installed where the job runs."""
@@ -274,11 +276,13 @@ class ClusterConfig:
     time: str = "04:00:00"
     """Wall-clock limit (Slurm --time): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED."""
     cpus_per_task: int | None = None
-    """CPUs for the one task per node (None: Slurm's default)."""
+    """CPUs for the one task per node, which runs all of the node's ranks (passed to sbatch
+    and srun). None: all of the node's CPUs when exclusive, else Slurm's default of one: a
+    GPU job needs one or the other."""
     mem: str | None = None
     """Memory per node (Slurm --mem: a number, megabytes unless K/M/G/T follows; '0' is all of it)."""
     exclusive: bool = False
-    """Whole nodes (Slurm --exclusive)."""
+    """Whole nodes (Slurm --exclusive): every CPU and GPU of each node."""
     constraint: str | None = None
     """Node features (Slurm --constraint)."""
     dependency: str | None = None
@@ -291,12 +295,14 @@ class ClusterConfig:
     container_image: str | None = None
     """pyxis/enroot image; enables --container-* flags on srun."""
     container_mounts: list[str] = field(default_factory=list)
-    """pyxis mounts, each SRC:DST[:FLAGS]."""
+    """pyxis mounts, each SRC:DST[:FLAGS] (the run directory and a venv must be mounted)."""
     container_workdir: str | None = None
     python: str = "python3"
     """Interpreter on the compute nodes."""
     venv: str | None = None
-    """A virtual environment to activate on the compute nodes."""
+    """A virtual environment the batch script activates on the host; with a container it
+    reaches the ranks only through PATH, so it must be mounted at the same path (a venv
+    inside the image: leave this unset and point `python` at its interpreter)."""
     env_modules: list[str] = field(default_factory=list)
     """Environment modules to 'module load' before launching."""
     env: dict[str, str] = field(default_factory=dict)

@@ -91,7 +91,12 @@ def cpu_cluster(procs_per_node: int = 2) -> ClusterConfig:
 
 
 def gpu_cluster(nodes: int = 1) -> ClusterConfig:
-    """A generic 8-GPU-per-node Slurm cluster; copy a preset to fill partition and account."""
+    """A generic 8-GPU-per-node Slurm cluster; copy a preset to fill partition and account.
+
+    Whole nodes (every CPU goes to the node's torchrun task, all memory), one process per GPU.
+    NCCL: one CUDA connection per device (megatron-core's compute/communication overlap
+    needs it), failed collectives abort the process instead of hanging (the failure board
+    then names the rank), and NCCL's own warnings in the rank logs."""
     return ClusterConfig(
         nodes=nodes,
         procs_per_node=8,
@@ -99,7 +104,7 @@ def gpu_cluster(nodes: int = 1) -> ClusterConfig:
         exclusive=True,
         mem="0",
         time="04:00:00",
-        env={"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3"},
+        env={"CUDA_DEVICE_MAX_CONNECTIONS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "NCCL_DEBUG": "WARN"},
     )
 
 

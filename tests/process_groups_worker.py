@@ -33,9 +33,9 @@ from mimo_toolkit.runtime.parallel.p2p import P2P
 
 TIMEOUT = datetime.timedelta(seconds=437)
 LAYOUTS = {
-    "heterogeneous": ("heterogeneous", {"vision": dict(data_parallel=2), "llm": dict(tensor_parallel=2, data_parallel=1, rank_offset=2)}),
-    "colocated": ("colocated", {"vision": dict(data_parallel=4), "llm": dict(tensor_parallel=2, pipeline_parallel=2)}),
-    "colocated-dp": ("colocated", {"vision": dict(tensor_parallel=2), "llm": dict(data_parallel=4)}),
+    "heterogeneous": ("heterogeneous", {"vision": dict(dp=2), "llm": dict(tp=2, dp=1, rank_offset=2)}),
+    "colocated": ("colocated", {"vision": dict(dp=4), "llm": dict(tp=2, pp=2)}),
+    "colocated-dp": ("colocated", {"vision": dict(tp=2), "llm": dict(dp=4)}),
 }
 ARCHS = {"vision": tiny_vision, "llm": tiny_llm}
 #: DDP result key -> grid dims its group spans.

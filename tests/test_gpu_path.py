@@ -27,6 +27,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  #
 from mimo_toolkit.resolve import resolve_job  # noqa: E402
 from mimo_toolkit.runtime.eval.inference import single_process_group, single_rank_job  # noqa: E402
 from mimo_toolkit.runtime.eval.reshard import merge_shards  # noqa: E402
+from mimo_toolkit.runtime.model.portable import stray_tensors  # noqa: E402
 from mimo_toolkit.runtime.model.provider import MimoModelProvider, _module_parts  # noqa: E402
 from mimo_toolkit.runtime.model.specs import TE_FUSED_NORMS, local_parameter_names  # noqa: E402
 
@@ -61,13 +62,6 @@ def test_process_groups_pass_megatron_ddp_validation():
 
 
 # ---- RoPE placement ---------------------------------------------------------------------------
-
-
-def stray_tensors(model: torch.nn.Module, device_type: str) -> list[str]:
-    """Tensors held as plain attributes (neither parameters nor buffers: ``model.to`` skips
-    them) that are not on ``device_type``."""
-    return [f"{name}.{attr}" for name, module in model.named_modules() for attr, value in vars(module).items()
-            if isinstance(value, torch.Tensor) and value.device.type != device_type]
 
 
 def test_rope_table_moves_with_the_model_and_stays_fp32(tiny_provider):
@@ -178,3 +172,19 @@ def test_provider_contract(tiny_provider):
     assert set(model.data_parallel) == {"vision", "llm"}
     wrapped = {id(p) for w in model.data_parallel.values() for p in w.params}
     assert wrapped == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+# ---- context parallelism: refused at render time -------------------------------------------------
+
+
+def test_context_parallelism_is_refused_at_render_time():
+    """The engine does not split the sequence per cp rank: cp > 1 must not validate (it did,
+    and every cp rank trained on the whole sequence), and the planner must not propose it."""
+    from mimo_toolkit.errors import UserError
+    from mimo_toolkit.planner.plan import PlanRequest, make_plan
+
+    with pytest.raises(UserError, match=r"layout.llm.cp=2: context parallelism is not implemented by the runtime"):
+        resolve_job("llava", "1node", sets=["layout.llm.cp=2", "layout.llm.tp=4"])
+    result = make_plan(PlanRequest("llava", "4node", nodes=4, gpu="h100")).result
+    assert result.log.shapes["cp"] > 0
+    assert all(p.cp == 1 for c in [*result.top, *result.best.values()] for p in c.placements)

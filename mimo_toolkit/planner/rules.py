@@ -23,6 +23,7 @@ REASONS = {
     "layers": "pp does not divide layers",
     "cp_seq": "seq_length not divisible by 2 x cp",
     "cp_encoder": "context parallelism is for the language module only",
+    "cp": "context parallelism is not implemented by the runtime",
     "homogeneous": "homogeneous modules must share one tp/cp/pp/dp",
     "tiling": "module sizes do not tile the ranks",
     "batch": "global batch not divisible by micro-batch x llm dp",
@@ -45,6 +46,8 @@ def shape_reason(w: ModuleWork, tp: int, cp: int, pp: int, seq_length: int) -> s
         return "layers"
     if cp > 1 and seq_length % (2 * cp):
         return "cp_seq"
+    if cp > 1:
+        return "cp"
     return None
 
 

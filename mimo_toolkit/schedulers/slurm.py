@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..render import context, render_template
 from ..run_dir import LAUNCH_DIR, RunDir
 from ..torchrun import ShellExpr, torchrun_args, train_args
+from ..validation import check_slurm_launch
 from .base import Backend, Echo, LaunchRequest, Submission, SweepRequest, write_files
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,6 +38,7 @@ class SlurmBackend(Backend):
     active_states = ACTIVE_STATES
 
     def materialize(self, resolved: "ResolvedJob", run_dir, template_dir=None) -> LaunchRequest:
+        check_slurm_launch(resolved.config)
         files = self.base_files(resolved)
         ctx = context(resolved, run_dir)
         ctx.update(slurm_context(resolved))

@@ -15,14 +15,16 @@ The checks, in the order a job is resolved:
   (before the layout is finalized, so it needs no data-parallel size);
 * ``MimoParallelismConfig.finalize`` (``mimo_toolkit.layout``): the rank arithmetic;
 * :func:`check_batch_fit` (``job``): the batch against the finalized data-parallel sizes;
-* :func:`check_data_files` (``files``): the files the job reads, where the job runs.
+* :func:`check_data_files` (``files``): the files the job reads, where the job runs;
+* :func:`check_slurm_launch` (``job``): what a batch script needs (the Slurm backend calls it).
 
 Every failure is a :class:`~mimo_toolkit.errors.UserError` whose one-line message names the
 key and the accepted values.
 """
 
 from .files import check_data_files
-from .job import check_batch_fit, check_config, check_model_fit
+from .job import check_batch_fit, check_config, check_model_fit, check_slurm_launch
 from .values import RANGES, Range, check_env_name
 
-__all__ = ["RANGES", "Range", "check_batch_fit", "check_config", "check_data_files", "check_env_name", "check_model_fit"]
+__all__ = ["RANGES", "Range", "check_batch_fit", "check_config", "check_data_files", "check_env_name", "check_model_fit",
+           "check_slurm_launch"]

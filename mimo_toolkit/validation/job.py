@@ -5,6 +5,7 @@ Single values (ranges, scheduler strings) are checked in ``values``."""
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from ..config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
 from ..errors import LayoutError, UserError
@@ -147,6 +148,40 @@ def _check_slurm_settings(job: JobConfig) -> None:
         )
 
 
+def check_slurm_launch(job: JobConfig) -> None:
+    """What a Slurm batch script needs beyond a valid job (``--scheduler slurm`` only: other
+    schedulers ignore these fields)."""
+    cluster = job.cluster
+    if cluster.gpus_per_node and cluster.hetjob and not cluster.cpus_per_task:
+        raise UserError(
+            f"cluster.hetjob with cluster.gpus_per_node={cluster.gpus_per_node} needs cluster.cpus_per_task "
+            f"(CPUs for all ranks of a node; the components' nodes may differ, so the node's count is not used)"
+        )
+    if cluster.gpus_per_node and not (cluster.exclusive or cluster.cpus_per_task):
+        raise UserError(
+            f"cluster.gpus_per_node={cluster.gpus_per_node} with neither cluster.exclusive nor cluster.cpus_per_task: "
+            f"Slurm would give the node's {cluster.procs_per_node} ranks one CPU; set cluster.exclusive=true "
+            f"(whole nodes) or cluster.cpus_per_task=N (CPUs for all ranks of a node)"
+        )
+    if cluster.container_image and cluster.venv and not _mounted_at_same_path(cluster.venv, cluster.container_mounts):
+        raise UserError(
+            f"cluster.venv={cluster.venv} is activated on the host and reaches the container only through PATH: "
+            f"mount it at the same path (add {cluster.venv}:{cluster.venv} to cluster.container_mounts), or for a "
+            f"venv inside the image leave cluster.venv unset and set cluster.python to its interpreter"
+        )
+
+
+def _mounted_at_same_path(path: str, mounts: list[str]) -> bool:
+    """Whether a SRC:DST[:FLAGS] mount (SRC == DST) covers ``path``."""
+    target = PurePosixPath(path)
+    for mount in mounts:
+        src, _, rest = mount.partition(":")
+        dst = rest.partition(":")[0] or src
+        if src == dst and target.is_relative_to(PurePosixPath(dst)):
+            return True
+    return False
+
+
 def _check_sequence(job: JobConfig) -> None:
     """The sequence fits the position embedding and leaves room for text."""
     lm, seq = job.language_model, job.train.seq_length
@@ -224,6 +259,11 @@ def check_model_fit(job: JobConfig) -> None:
         if m.cp > 1 and train.seq_length % (2 * m.cp):
             raise LayoutError(
                 f"layout.{name}.cp={m.cp}: train.seq_length={train.seq_length} must be divisible by 2*cp={2 * m.cp}"
+            )
+        if m.cp > 1:
+            raise LayoutError(
+                f"layout.{name}.cp={m.cp}: context parallelism is not implemented by the runtime (it does not split "
+                f"the sequence per cp rank); split the language model with tp or pp instead"
             )
         if m.ep > 1:
             experts = getattr(arch, "num_moe_experts", None) or 0

@@ -119,6 +119,13 @@ def make_rotary_portable(model: torch.nn.Module) -> None:
             module.inv_freq_values = tuple(module.inv_freq.float().tolist())
 
 
+def stray_tensors(model: torch.nn.Module, device_type: str) -> list[str]:
+    """Tensors a module holds as plain attributes (neither parameters nor buffers, so
+    ``model.to`` skips them) that are not on ``device_type``: what broke RoPE on GPUs."""
+    return [f"{name}.{attr}" for name, module in model.named_modules() for attr, value in vars(module).items()
+            if isinstance(value, torch.Tensor) and value.device.type != device_type]
+
+
 @contextlib.contextmanager
 def _cuda_calls_are_noops():
     original = torch.Tensor.cuda

@@ -164,8 +164,8 @@ class MimoModelProvider:
                     f"layout.{name}.pp={par.pp}: encoders run as one pipeline stage "
                     f"(megatron-core 0.16.1's CLIPViTModel has no stages); use tp or dp"
                 )
-            if par.cp != 1 and self.backend != "te":
-                raise ValueError(f"layout.{name}.cp={par.cp}: context parallelism needs transformer-engine")
+            if par.cp != 1:  # refused at render time too (validation.check_model_fit)
+                raise ValueError(f"layout.{name}.cp={par.cp}: context parallelism is not implemented by the runtime")
             if par.ep != 1:
                 raise ValueError(f"layout.{name}.ep={par.ep}: the recipes' models have no experts")
         if self.fp16:

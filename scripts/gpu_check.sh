@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU check: what only a device can show, on ONE GPU (world size 1), in <= 8 minutes on an
+# H100 (scripts/gpu_check.py has the list: TE specs, megatron-core DDP wrap, RoPE placement,
+# a bf16 training step, evaluation on the GPU box, tokens/s and MFU of a ~1.2B LLaVA at
+# micro-batch 8).
+#
+#   scripts/gpu_check.sh [--out DIR]     on a GPU machine (install with the `te` extra)
+#   scripts/gpu_check.sh --cpu           the same checks with tiny sizes over gloo (no GPU)
+#
+# Prints PASS/FAIL per check, writes DIR/gpu_check.json (default: $OUT, else ./gpu-check) and
+# exits with the number of failed checks. Environment: PYTHON (default: python3).
+# Multi-GPU paths (NCCL p2p, TP over NVLink) need more than one GPU and are not checked here.
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if ! "$PYTHON" -c 'import mimo_toolkit, torch, megatron.core' 2>/dev/null; then
+  echo "gpu_check: $PYTHON cannot import mimo_toolkit, torch and megatron.core; install the toolkit first" >&2
+  echo "  (GPU machines: pip install -e '.[te]' without constraints.txt, which pins the CPU torch)" >&2
+  exit 2
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+exec "$PYTHON" "$REPO/scripts/gpu_check.py" "$@"
