@@ -46,6 +46,16 @@ def test_explicit_cpus_go_to_sbatch_and_srun():
     assert "#SBATCH --exclusive" not in script
 
 
+def test_heterogeneous_slurm_jobs_need_explicit_cpus():
+    """A hetjob's components may be different node types: the batch host's CPU count is not used."""
+    from mimo_toolkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"^cluster.hetjob with cluster.gpus_per_node=8 needs cluster.cpus_per_task"):
+        sbatch("4node", "cluster.hetjob=true")
+    words = srun_words(sbatch("4node", "cluster.hetjob=true", "cluster.cpus_per_task=64"))
+    assert "--cpus-per-task=64" in words and '--cpus-per-task="$SLURM_CPUS_ON_NODE"' not in words
+
+
 def test_cpu_preset_leaves_cpus_to_slurm():
     assert not any(w.startswith("--cpus-per-task") for w in srun_words(sbatch("tiny")))
 

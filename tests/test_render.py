@@ -82,6 +82,7 @@ def slurm_env(tmp: Path, nodes: int, **extra: str) -> dict:
         "SLURM_JOB_ID": "4242",
         "SLURM_NNODES": str(nodes),
         "SLURM_JOB_NODELIST": "node[1-2]",
+        "SLURM_CPUS_ON_NODE": "112",  # set by Slurm in every batch step
         **extra,
     }
 
@@ -246,7 +247,8 @@ def test_script_launches_one_torchrun_per_node(tmp_path):
     assert code == 0, out
     argv = read_nul(tmp_path / "out" / "srun.argv")
     assert argv[:3] == ["--kill-on-bad-exit=1", "--wait=60", "--ntasks-per-node=1"]
-    assert argv[3:7] == ["--container-image=/img/x.sqsh", "--container-mounts=/data:/data", "--no-container-mount-home", "python3"]
+    assert argv[3] == "--cpus-per-task=112"  # the exclusive node's CPUs, for the task running all its ranks
+    assert argv[4:8] == ["--container-image=/img/x.sqsh", "--container-mounts=/data:/data", "--no-container-mount-home", "python3"]
     assert "--rdzv-endpoint=10.1.2.3:19242" in argv and "--rdzv-id=4242" in argv and "--nnodes=4" in argv
     assert "--nproc-per-node=8" in argv and "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2" in argv
     tail = argv[len(argv) - 6 :]
@@ -474,7 +476,7 @@ def test_extra_flags_and_dependency_reach_sbatch_and_srun(tmp_path):
     code, out, _ = run_sbatch_script(tmp_path, sets=sets)
     assert code == 0, out
     argv = read_nul(tmp_path / "out" / "srun.argv")
-    assert argv[:4] == ["--kill-on-bad-exit=1", "--wait=60", "--ntasks-per-node=1", "--mpi=pmix"]
+    assert argv[:5] == ["--kill-on-bad-exit=1", "--wait=60", "--ntasks-per-node=1", "--cpus-per-task=112", "--mpi=pmix"]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 189e0d118c06
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config f59751deb15d
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #
@@ -26,4 +26,4 @@ exec torchx run -s slurm mimo.train \
     --name=llava-4node \
     --python=python3 \
     --max_retries=3 \
-    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3,NCCL_DEBUG=WARN

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config b34c2395280e
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config 171c38665e97
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #
@@ -26,4 +26,4 @@ exec torchx run -s slurm mimo.train \
     --name=multi_encoder-1node \
     --python=python3 \
     --max_retries=3 \
-    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3,NCCL_DEBUG=WARN

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config d249e8282853
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 452adc21c441
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #
@@ -26,4 +26,4 @@ exec torchx run -s slurm mimo.train \
     --name=multi_encoder-4node \
     --python=python3 \
     --max_retries=3 \
-    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+    --env=CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_ASYNC_ERROR_HANDLING=3,NCCL_DEBUG=WARN

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config bf5de2ab4f07
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config 6c9aac6fa4ef
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #
