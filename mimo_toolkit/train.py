@@ -5,8 +5,9 @@ Launched under torchrun on every node (see ``templates/slurm.sbatch.j2`` and
 so the job runs exactly what was rendered; rerunning with the same run directory resumes
 from its latest checkpoint.
 
-Exit codes: 0 completed; 2 bad config; 75 (``EXIT_REQUEUE``) saved after a preemption
-signal; 3 (``EXIT_PEER_FAILED``) another rank failed first; 1 this rank failed.
+Exit codes: 0 completed; 2 bad config or data (found before training or inside the job: one
+line, no traceback); 75 (``EXIT_REQUEUE``) saved after a preemption signal; 3
+(``EXIT_PEER_FAILED``) another rank failed first; 1 this rank failed.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def main(config: str, run_dir: str) -> int:
         ctx = init_distributed(job.train.timeout_s, want_gpu=job.cluster.gpus_per_node > 0, stop=stop)
         trainer = Trainer(job, rd, ctx)
         code = trainer.train()
+    except UserError as exc:  # a config or data error found in the job: one line, exit 2, no traceback
+        board.record(exc, trainer.step if trainer else None)
+        print(f"mimo-toolkit: error: {exc}", file=sys.stderr, flush=True)
+        board.abort(f"rank {rank}: {exc}", code=2)
+        return 2
     except BaseException as exc:  # noqa: BLE001 - every failure must end every rank
         board.record(exc, trainer.step if trainer else None)
         import traceback

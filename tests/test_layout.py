@@ -90,7 +90,26 @@ CASES = {
     ),
     "ep needs experts": (
         ("llava", "1node", ["layout.llm.ep=2"], None),
-        "layout.llm.ep=2 needs a mixture-of-experts model whose expert count it divides (model.llm has 0 experts)",
+        "layout.llm.ep=2: expert parallelism needs mixture-of-experts layers, which no model here has",
+    ),
+    "encoders are one pipeline stage": (
+        ("llava", "tiny", ["layout.vision.pp=2"], None),
+        "layout.vision.pp=2: encoders run as one pipeline stage (megatron-core 0.16.1's CLIPViTModel has no "
+        "stages); use tp or dp",
+    ),
+    "homogeneous pp > 1 pipelines the encoders too": (
+        ("llava", "tiny", ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.llm.pp=2", "layout.vision.pp=2"], None),
+        "layout.vision.pp=2: encoders run as one pipeline stage (megatron-core 0.16.1's CLIPViTModel has no "
+        "stages); use tp or dp (homogeneous modules share the LLM's pp: use colocated to pipeline only the LLM)",
+    ),
+    "no context parallelism in the runtime": (
+        ("llava", "tiny", ["layout.llm.tp=1", "layout.llm.cp=2"], None),
+        "layout.llm.cp=2: context parallelism is not implemented by the runtime (it does not split the sequence "
+        "per cp rank); split the language model with tp or pp instead",
+    ),
+    "something trains": (
+        ("llava", "tiny", ["freeze.vision=true", "freeze.vision_projector=true", "freeze.llm=true"], None),
+        "freeze: every module and projector is frozen; there is nothing to train",
     ),
     "global batch divisible by micro batch x llm dp": (
         ("llava", "1node", ["train.global_batch_size=250"], None),

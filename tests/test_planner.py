@@ -236,9 +236,10 @@ def test_pruning_reasons_are_counted():
     result = search(problem, top_k=3)
     pruned = result.log.by_reason()
     assert set(pruned) <= set(REASONS)
-    for reason in ("batch", "tiling", "oom", "dp_ratio", "bound"):
+    for reason in ("batch", "oom", "dp_ratio", "bound"):
         assert pruned[reason] > 0, reason
     assert result.log.shapes["heads"] > 0 and result.log.shapes["layers"] > 0  # 25 heads, 45 layers
+    assert result.log.shapes["encoder_pp"] > 0 and result.log.shapes["cp"] > 0  # what the runtime cannot run
     assert result.log.considered == result.log.evaluated + sum(pruned.values())
     assert result.log.rejections == []
     homogeneous = result.log.by_reason("homogeneous")

@@ -23,6 +23,7 @@ REASONS = {
     "layers": "pp does not divide layers",
     "cp_seq": "seq_length not divisible by 2 x cp",
     "cp_encoder": "context parallelism is for the language module only",
+    "encoder_pp": "encoders run as one pipeline stage",
     "cp": "context parallelism is not implemented by the runtime",
     "homogeneous": "homogeneous modules must share one tp/cp/pp/dp",
     "tiling": "module sizes do not tile the ranks",
@@ -37,7 +38,8 @@ REASONS = {
 
 
 def shape_reason(w: ModuleWork, tp: int, cp: int, pp: int, seq_length: int) -> str | None:
-    """Model fit of one module's tp/cp/pp (``validation.check_model_fit``)."""
+    """Model fit of one module's tp/cp/pp and what the runtime supports
+    (``validation.check_model_fit``, ``validation.check_runtime_support``)."""
     if cp > 1 and not w.is_language:
         return "cp_encoder"
     if w.heads % tp or w.query_groups % tp:
@@ -46,6 +48,8 @@ def shape_reason(w: ModuleWork, tp: int, cp: int, pp: int, seq_length: int) -> s
         return "layers"
     if cp > 1 and seq_length % (2 * cp):
         return "cp_seq"
+    if pp > 1 and not w.is_language:
+        return "encoder_pp"
     if cp > 1:
         return "cp"
     return None

@@ -12,7 +12,8 @@ The checks, in the order a job is resolved:
   value's range and every scheduler string's form (``values``), architectures, training,
   cluster, sequence and data source;
 * :func:`check_model_fit` (``job``): every module's tp/cp/pp/ep against its architecture
-  (before the layout is finalized, so it needs no data-parallel size);
+  (before the layout is finalized, so it needs no data-parallel size), and
+  :func:`check_runtime_support`: what the runtime can build (the provider calls it too);
 * ``MimoParallelismConfig.finalize`` (``mimo_toolkit.layout``): the rank arithmetic;
 * :func:`check_batch_fit` (``job``): the batch against the finalized data-parallel sizes;
 * :func:`check_data_files` (``files``): the files the job reads, where the job runs;
@@ -23,8 +24,8 @@ key and the accepted values.
 """
 
 from .files import check_data_files
-from .job import check_batch_fit, check_config, check_model_fit, check_slurm_launch
+from .job import check_batch_fit, check_config, check_model_fit, check_runtime_support, check_slurm_launch
 from .values import RANGES, Range, check_env_name
 
 __all__ = ["RANGES", "Range", "check_batch_fit", "check_config", "check_data_files", "check_env_name", "check_model_fit",
-           "check_slurm_launch"]
+           "check_runtime_support", "check_slurm_launch"]

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 from ..config import TRACKER_PACKAGES, JobConfig, LanguageModel, TrainConfig, TransformerArch, VisionEncoder
 from ..errors import LayoutError, UserError
+from ..layout import MimoParallelismConfig
 from .values import check_ranges, check_scheduler_strings
 
 #: Ids the built-in byte tokenizer uses (runtime/datasets/tokenizers.py: 3 specials + 256 bytes).
@@ -53,6 +54,8 @@ def _check_modules(job: JobConfig) -> None:
     for name in job.encoders:
         if name not in layout.special_token_ids:
             raise UserError(f"layout.special_token_ids has no placeholder id for {name!r}")
+    if all(job.is_frozen(part) for part in valid):
+        raise UserError("freeze: every module and projector is frozen; there is nothing to train")
 
 
 def _check_arch(name: str, arch: TransformerArch) -> None:
@@ -240,8 +243,9 @@ def _check_data(job: JobConfig) -> None:
 
 
 def check_model_fit(job: JobConfig) -> None:
-    """TP divides heads (and query groups), PP divides layers, CP splits the sequence and
-    EP divides the experts. Needs no resolved DP, so it runs before the layout's ``finalize``."""
+    """TP divides heads (and query groups), PP divides layers, CP splits the sequence, and
+    the runtime supports the layout. Needs no resolved DP, so it runs before the layout's
+    ``finalize``."""
     layout, train = job.layout, job.train
     layout.check_sizes()
     for name, m in layout.module_parallelisms.items():
@@ -260,18 +264,27 @@ def check_model_fit(job: JobConfig) -> None:
             raise LayoutError(
                 f"layout.{name}.cp={m.cp}: train.seq_length={train.seq_length} must be divisible by 2*cp={2 * m.cp}"
             )
+    check_runtime_support(layout)
+
+
+def check_runtime_support(layout: MimoParallelismConfig) -> None:
+    """What the runtime can build, beyond the arithmetic. The provider calls this too
+    (``MimoModelProvider.finalize``), so a layout passes here exactly when the job accepts it."""
+    for name, m in layout.module_parallelisms.items():
+        if name != layout.language_module and m.pp > 1:
+            shared = " (homogeneous modules share the LLM's pp: use colocated to pipeline only the LLM)"
+            raise LayoutError(
+                f"layout.{name}.pp={m.pp}: encoders run as one pipeline stage (megatron-core 0.16.1's CLIPViTModel "
+                f"has no stages); use tp or dp" + (shared if layout.deployment_mode == "homogeneous" else "")
+            )
         if m.cp > 1:
             raise LayoutError(
                 f"layout.{name}.cp={m.cp}: context parallelism is not implemented by the runtime (it does not split "
                 f"the sequence per cp rank); split the language model with tp or pp instead"
             )
         if m.ep > 1:
-            experts = getattr(arch, "num_moe_experts", None) or 0
-            if not experts or experts % m.ep:
-                raise LayoutError(
-                    f"layout.{name}.ep={m.ep} needs a mixture-of-experts model whose "
-                    f"expert count it divides (model.{name} has {experts} experts)"
-                )
+            raise LayoutError(f"layout.{name}.ep={m.ep}: expert parallelism needs mixture-of-experts layers, which no "
+                              f"model here has")
 
 
 def check_batch_fit(job: JobConfig) -> None:

@@ -29,6 +29,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from ...config import JobConfig
 from ...layout import MimoParallelismConfig
 from ...hf.pretrained import ModuleImport, pretrained_import
+from ...validation import check_runtime_support
 from ..parallel import grids
 from ..parallel.data_parallel import wrap_data_parallel
 from . import hf_import
@@ -158,16 +159,7 @@ class MimoModelProvider:
         for rank in range(world):
             if not cfg.modules_of_rank(rank):
                 raise ValueError(f"rank {rank} takes part in no module")
-        for name, par in cfg.module_parallelisms.items():
-            if name != cfg.language_module and par.pp != 1:
-                raise ValueError(
-                    f"layout.{name}.pp={par.pp}: encoders run as one pipeline stage "
-                    f"(megatron-core 0.16.1's CLIPViTModel has no stages); use tp or dp"
-                )
-            if par.cp != 1:  # refused at render time too (validation.check_model_fit)
-                raise ValueError(f"layout.{name}.cp={par.cp}: context parallelism is not implemented by the runtime")
-            if par.ep != 1:
-                raise ValueError(f"layout.{name}.ep={par.ep}: the recipes' models have no experts")
+        check_runtime_support(cfg)  # the rules show/render/the planner apply (mimo_toolkit.validation)
         if self.fp16:
             raise ValueError("fp16 needs a loss scaler, which this runtime does not have; use bf16")
         if self.virtual_pipeline_model_parallel_size not in (None, 1):

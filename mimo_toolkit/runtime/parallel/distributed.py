@@ -117,7 +117,7 @@ class LocalBoard:
         write_json_atomic(self.run_dir.failure_file(0), {"rank": 0, "time": time.time(), "step": step,
                                                          "error": f"{type(exc).__name__}: {exc}"})
 
-    def abort(self, why: str) -> None:
+    def abort(self, why: str, code: int = EXIT_PEER_FAILED) -> None:
         self.run_dir.write_exit_status("failed", first_failed_rank=0, message=why)
 
 
@@ -283,9 +283,9 @@ class FailureBoard:
             time.sleep(0.5)
         return reports[0] if reports else {"rank": self.rank, "error": "unknown failure", "comm_error": True}
 
-    def abort(self, why: str) -> None:
-        """End this rank now (from any thread). Rank 0 (or, if rank 0 is the one that failed,
-        every rank) first reports which rank failed first and why."""
+    def abort(self, why: str, code: int = EXIT_PEER_FAILED) -> None:
+        """End this rank now (from any thread) with ``code``. Rank 0 (or, if rank 0 is the one
+        that failed, every rank) first reports which rank failed first and why."""
         self._stop.set()
         try:
             self.store.set(f"{self.prefix}/aborted/{self.rank}", why)
@@ -304,7 +304,7 @@ class FailureBoard:
             except OSError as exc:
                 _say(f"could not write {self.run_dir.exit_status_file}: {exc}")
         sys.stderr.flush()
-        os._exit(EXIT_PEER_FAILED)
+        os._exit(code)
 
 
 def _say(message: str) -> None:
