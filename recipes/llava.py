@@ -2,11 +2,15 @@
 
 Modules: ``vision`` (encoder + projector) and ``llm``. The default freezing is LLaVA's
 stage 1 (feature alignment): LLM and vision encoder frozen, projector trained. The tiny
-preset trains everything, because its weights start random.
+preset trains everything, because its weights start random. ``stage1`` and ``stage2`` start
+from Hugging Face checkpoints in ``$MIMO_TOOLKIT_WEIGHTS`` (docs/weights.md).
 """
+
+import os
 
 from mimo_toolkit.config import (
     ClusterConfig,
+    DataConfig,
     JobConfig,
     LanguageModel,
     TrainConfig,
@@ -25,9 +29,11 @@ IMAGE_TOKEN_ID = -200
 
 
 def clip_vit_l14_336() -> VisionEncoder:
-    """CLIP ViT-L/14 at 336 px: 24 layers, 1024 hidden, 16 heads, 576 patch tokens."""
+    """CLIP ViT-L/14 at 336 px: 24 layers, 1024 hidden, 16 heads, 576 patch tokens; LLaVA-1.5
+    takes the penultimate layer's features (23 layers run)."""
     return VisionEncoder(
         num_layers=24,
+        feature_layer=-2,
         hidden_size=1024,
         num_attention_heads=16,
         ffn_hidden_size=4096,
@@ -124,6 +130,33 @@ def stage1_train() -> TrainConfig:
     )
 
 
+def stage2_train() -> TrainConfig:
+    """LLaVA-1.5 visual instruction tuning: lr 2e-5, cosine, 3% warm-up, one epoch of 665K at batch 128."""
+    return TrainConfig(
+        steps=5198,
+        micro_batch_size=8,
+        global_batch_size=128,
+        seq_length=2048,
+        lr=2e-5,
+        lr_warmup_steps=156,
+        lr_schedule="cosine",
+        weight_decay=0.0,
+        precision="bf16",
+        save_interval=500,
+    )
+
+
+def weights(name: str) -> str:
+    """A Hugging Face checkpoint directory of the stage presets: ``$MIMO_TOOLKIT_WEIGHTS/<name>``
+    (default ``weights/<name>``), one per hub repository (docs/weights.md: how to fetch them)."""
+    return os.path.join(os.environ.get("MIMO_TOOLKIT_WEIGHTS", "weights"), name)
+
+
+def llava_data(*parts: str) -> str:
+    """LLaVA's own training data under ``$MIMO_TOOLKIT_DATA`` (default ``data``)."""
+    return os.path.join(os.environ.get("MIMO_TOOLKIT_DATA", "data"), *parts)
+
+
 # ---- presets ----------------------------------------------------------------------------
 
 
@@ -208,3 +241,37 @@ def four_node() -> JobConfig:
         dict(STAGE1_FREEZE),
         tiny=False,
     )
+
+
+@recipe.preset("stage1")
+def stage1() -> JobConfig:
+    """8 GPUs, LLaVA-1.5 stage 1 from CLIP ViT-L/14-336 and Vicuna-7B v1.5 checkpoints: projector trains."""
+    job = one_node()
+    job.model["vision"].pretrained = weights("clip-vit-large-patch14-336")
+    job.model["llm"].pretrained = weights("vicuna-7b-v1.5")
+    job.data = DataConfig(
+        source="llava",
+        path=llava_data("LLaVA-Pretrain", "blip_laion_cc_sbu_558k.json"),
+        media_root=llava_data("LLaVA-Pretrain", "images"),
+        tokenizer=weights("vicuna-7b-v1.5"),
+    )
+    return job
+
+
+@recipe.preset("stage2")
+def stage2() -> JobConfig:
+    """8 GPUs, LLaVA-1.5 stage 2 from the llava-1.5-7b-hf checkpoint: projector and LLM train."""
+    job = one_node()
+    llava = weights("llava-1.5-7b-hf")
+    job.model["vision"].pretrained = llava  # the CLIP tower and the projector
+    job.model["llm"].pretrained = llava
+    job.model["llm"].vocab_size = 32064  # llava-hf's text vocabulary: + <image>, <pad>, padded to 64
+    job.freeze = {"vision": True, "vision_projector": False, "llm": False}
+    job.train = stage2_train()
+    job.data = DataConfig(
+        source="llava",
+        path=llava_data("LLaVA-Instruct", "llava_v1_5_mix665k.json"),
+        media_root=llava_data("LLaVA-Instruct"),
+        tokenizer=llava,
+    )
+    return job

@@ -46,7 +46,7 @@ def test_help_has_an_example(command, tmp_path):
     "args, message",
     [
         (["show", "lava"], "unknown recipe 'lava' (did you mean 'llava'?); recipes: ..."),
-        (["show", "llava", "-p", "8node"], "recipe 'llava' has no preset '8node' (did you mean '4node'?); presets: tiny, 1node, 4node"),
+        (["show", "llava", "-p", "8node"], "recipe 'llava' has no preset '8node' (did you mean '4node'?); presets: tiny, 1node, 4node, stage1, stage2"),
         (["show", "llava", "--set", "train.stepz=3"], "--set train.stepz: unknown key (did you mean train.steps?)"),
         (["show", "llava", "--set", "layout.llm.tp=3"], "layout.llm.tp=3 does not divide model.llm.num_attention_heads=32"),
         (["show", "llava", "--nodes", "abc"], "Invalid value for '--nodes' / '-n': 'abc' is not a valid integer. (see `mimo-toolkit show --help`)"),
@@ -244,7 +244,7 @@ def test_a_file_of_presets_extends_the_recipe_they_are_registered_on(tmp_path):
     assert listed[at + 1 : at + 4] == [
         "  mycluster (default)  4 nodes of our H100 partition.",
         "  mycluster-small      Ours, one node.",
-        "  (and llava's presets: tiny, 1node, 4node)",
+        "  (and llava's presets: tiny, 1node, 4node, stage1, stage2)",
     ]
     assert "  tiny             2 CPU processes over gloo: LLM TP2, vision DP2 (colocated); everything trains." in listed
 

@@ -44,6 +44,8 @@ SKIPPED = {
     "logs 42": "42 stands for a submitted job's id (logs are tested in tests/test_slurm_e2e.py)",
     " JOB": "JOB stands for a job id or run directory (tests/test_slurm_e2e.py, tests/test_submit_local.py)",
     "eval RUN_DIR": "needs a trained run directory (tests/test_eval.py trains one and evaluates it)",
+    "mimo-toolkit export ": "needs a trained run directory (tests/test_hf_export.py converts, trains and exports)",
+    "hf download ": "downloads from the Hugging Face hub, which this machine cannot reach (weights are never downloaded here)",
     "calibrate llava": "measures this machine for minutes (tests/test_calibrate.py runs a short calibration)",
     "--profile calib.json": "reads the file `mimo-toolkit calibrate` writes (tests/test_calibrate.py)",
     "train.loggers=tensorboard,wandb,mlflow": "needs the wandb and mlflow extras, which the test command does not "
@@ -203,6 +205,11 @@ class Session:
             full = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
             proc = subprocess.run([str(BIN / "torchx"), *words[1:]], cwd=self.cwd, env=full, capture_output=True,
                                   text=True, timeout=300)
+            return proc.returncode, proc.stdout + proc.stderr
+        if words[0] in ("python", "python3") and words[1:2] and words[1].startswith("scripts/"):
+            full = {**os.environ, **env}  # a repository script, run from the scratch directory
+            proc = subprocess.run([sys.executable, str(REPO / words[1]), *words[2:]], cwd=self.cwd, env=full,
+                                  capture_output=True, text=True, timeout=300)
             return proc.returncode, proc.stdout + proc.stderr
         raise AssertionError(f"docs example runs {words[0]!r}: add it to tests/test_docs_examples.py")
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from dist_support import kill_group, run_job, start_job, wait_for_step, worker_pid
-from test_runtime import HOMOGENEOUS_TP1, assert_same_losses
+from test_runtime import HOMOGENEOUS_TP1, assert_same_runs
 
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.runtime.train.schedule import build_schedule
@@ -42,21 +42,21 @@ def llava_ref(tmp_path_factory):
 def test_vision_rank0_llm_rank1(tmp_path, llava_ref):
     run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, llava_ref.losses)
+    assert_same_runs(run, llava_ref)
     assert all(row["bridge_bytes"]["backward"] > 0 for row in run.metrics)
 
 
 def test_vision_dp2_llm_tp2_on_four_ranks(tmp_path, llava_ref):
     run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(4, vision="1,1,2,0", llm="2,1,1,2")])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, llava_ref.losses)
+    assert_same_runs(run, llava_ref)
 
 
 def test_fan_out_vision_dp1_llm_dp2(tmp_path, llava_ref):
     """One encoder replica feeds two LLM replicas (and gets both gradients back)."""
     run = run_job(tmp_path, "llava", sets=[*STEPS, "train.micro_batch_size=1", *hetero(3, vision="1,1,1,0", llm="1,1,2,1")])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, llava_ref.losses)
+    assert_same_runs(run, llava_ref)
 
 
 @pytest.mark.parametrize("mode", ["heterogeneous", "colocated"])
@@ -67,7 +67,7 @@ def test_llm_pp2_matches_pp1(tmp_path, llava_ref, mode):
         sets = ["layout.llm.tp=1", "layout.llm.pp=2"]
     run = run_job(tmp_path, "llava", sets=[*STEPS, *sets])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, llava_ref.losses)
+    assert_same_runs(run, llava_ref)
 
 
 def test_multi_encoder_each_module_on_its_own_ranks(tmp_path_factory):
@@ -79,7 +79,7 @@ def test_multi_encoder_each_module_on_its_own_ranks(tmp_path_factory):
         sets=[*STEPS, *hetero(3, vision="1,1,1,0", audio="1,1,1,1", llm="1,1,1,2")],
     )
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, ref.losses)
+    assert_same_runs(run, ref)
     losses = ref.losses
     assert losses[-1] < losses[0]
 
@@ -124,7 +124,7 @@ def test_heterogeneous_resume_equals_uninterrupted(tmp_path, llava_ref):
     resumed = run_job(tmp_path, "llava", sets=sets)
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert [r["step"] for r in resumed.metrics] == list(range(1, 7))
-    assert_same_losses(resumed.losses, llava_ref.losses, tol=1e-6)
+    assert_same_runs(resumed, llava_ref, tol=1e-6)
 
 
 def test_nonfinite_gradients_skip_the_step_on_every_rank(tmp_path):

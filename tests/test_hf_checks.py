@@ -157,3 +157,21 @@ def test_cli_refuses_bad_checkpoint_without_writing_or_importing_torch(tmp_path)
     assert not heavy, heavy
     job = json.loads((tmp_path / "out" / "job.json").read_text())["job"]
     assert job["model"]["llm"]["pretrained"] == str(good) and job["model"]["llm"]["num_query_groups"] == 2
+
+
+def test_stage_presets_agree_with_the_hub_checkpoints(tmp_path, monkeypatch):
+    """stage1 (CLIPModel + sharded Vicuna) and stage2 (llava-1.5-7b-hf) resolve against
+    checkpoints shaped exactly as on the hub (config.json as published; sparse tensors)."""
+    from hf_files import write_hub_checkpoints
+
+    monkeypatch.setenv("MIMO_TOOLKIT_WEIGHTS", str(write_hub_checkpoints(tmp_path / "weights")))
+    one_node = resolve_job("llava", "1node").config
+    for preset in ("stage1", "stage2"):
+        job = resolve_job("llava", preset).config
+        for module in ("vision", "llm"):
+            arch, reference = vars(job.model[module]), vars(one_node.model[module])
+            differs = {k for k in reference if arch[k] != reference[k]}
+            expected = {"pretrained", "vocab_size"} if (module, preset) == ("llm", "stage2") else {"pretrained"}
+            assert differs == expected, (preset, module, differs)  # the recipe's architecture IS the checkpoints
+        assert job.model["vision"].built_layers == 23  # LLaVA-1.5's penultimate-layer features
+    assert resolve_job("llava", "stage2").config.language_model.vocab_size == 32064

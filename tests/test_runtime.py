@@ -1,8 +1,9 @@
 """The in-job runtime on CPU: real torchrun jobs over gloo (colocated and homogeneous layouts).
 
 Every comparison runs the same recipe, seed and data under two layouts and asserts equal
-losses; weights are initialised layout-independently, so any difference is a bug in how the
-layouts split the work (process groups, bridge, gradient reduction, loss normalisation).
+losses and per-module gradient norms at every step (1e-4; a resumed run 1e-6); weights are
+initialised layout-independently, so any difference is a bug in how the layouts split the
+work (process groups, bridge, gradient reduction, loss normalisation).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def assert_same_losses(a, b, tol=1e-4):
     assert worst <= tol, f"losses differ by {worst}: {a} vs {b}"
 
 
+def assert_same_runs(run, reference, tol=1e-4):
+    """Equal losses AND equal per-module gradient norms at every step (relative to the norm:
+    a loss hides a gradient scaled by a constant, e.g. averaged instead of summed over dp)."""
+    assert_same_losses(run.losses, reference.losses, tol)
+    for row, ref in zip(run.metrics, reference.metrics):
+        norms, ref_norms = row["module_grad_norm"], ref["module_grad_norm"]
+        assert set(norms) == set(ref_norms), (norms, ref_norms)
+        for module, norm in norms.items():
+            diff = abs(norm - ref_norms[module])
+            assert diff <= tol * max(1.0, ref_norms[module]), f"step {row['step']} {module} grad norm {norm} vs {ref_norms[module]}"
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """Homogeneous TP1 run of llava tiny, 10 steps (the layout every other one must match)."""
@@ -40,14 +53,14 @@ def reference(tmp_path_factory):
 def test_llm_tp2_matches_tp1(tmp_path, reference):
     run = run_job(tmp_path, "llava", sets=["train.steps=10", "layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2"])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, reference.losses)
+    assert_same_runs(run, reference)
 
 
 def test_colocated_matches_homogeneous(tmp_path, reference):
     """llava tiny's own layout: LLM TP2 DP1 and vision TP1 DP2 on the same 2 ranks."""
     run = run_job(tmp_path, "llava", sets=["train.steps=10"])
     assert run.returncode == 0, run.output[-3000:]
-    assert_same_losses(run.losses, reference.losses)
+    assert_same_runs(run, reference)
     assert all(row["bridge_bytes"]["forward"] > 0 for row in run.metrics)
 
 
@@ -112,7 +125,7 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, reference):
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert f"resumed from step {status['step']}" in resumed.output
     assert [r["step"] for r in resumed.metrics] == list(range(1, 11))
-    assert_same_losses(resumed.losses, reference.losses, tol=1e-6)
+    assert_same_runs(resumed, reference, tol=1e-6)
 
 
 @pytest.mark.parametrize("recipe", ["llava", "multi_encoder"])

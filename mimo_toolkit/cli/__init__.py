@@ -27,6 +27,7 @@ COMMANDS = {
     "plan": "mimo_toolkit.cli.plan:plan",
     "calibrate": "mimo_toolkit.cli.calibrate:calibrate",
     "eval": "mimo_toolkit.cli.eval:eval_command",
+    "export": "mimo_toolkit.cli.export:export",
     "list": "mimo_toolkit.cli.jobs:list_jobs",
     "status": "mimo_toolkit.cli.jobs:status",
     "logs": "mimo_toolkit.cli.jobs:logs",

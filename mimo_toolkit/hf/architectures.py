@@ -218,11 +218,10 @@ def _llava_vision(src: Source) -> None:
         raise UserError(f"{path}: projector_hidden_act={act!r}; supported: {', '.join(PROJECTOR_ACTIVATIONS)}")
     if not llava["multimodal_projector_bias"]:
         raise UserError(f"{path}: multimodal_projector_bias=false; the projector has biases")
-    text = _sub(src.checkpoint, "text_config", LLAMA_DEFAULTS, "llama", str(src.checkpoint.path))
+    # the projector's sizes (vision hidden -> text hidden -> text hidden) are checked by its tensors' shapes
     src.imply("feature_layer", layer, "vision_feature_layer")
     src.imply("keep_class_token", strategy == "full", "vision_feature_select_strategy")
     src.imply("projector", "mlp", "multi_modal_projector")
-    src.imply("projector_ffn_hidden_size", text["hidden_size"], "text_config.hidden_size")
     src.imply("projector_activation", PROJECTOR_ACTIVATIONS[act], "projector_hidden_act")
 
 

@@ -164,7 +164,7 @@ def llama_rules(arch: LanguageModel, p: Prefixes) -> list[Rule]:
 
 def clip_rules(arch: VisionEncoder, p: Prefixes) -> list[Rule]:
     """A CLIP vision tower -> megatron-core CLIPViTModel (only the layers the features need)."""
-    h, f, b, t = arch.hidden_size, arch.ffn_size, p.body, "encoders.clip."
+    h, b, t = arch.hidden_size, p.body, "encoders.clip."
     grid = (arch.image_size // arch.patch_size) ** 2
     rules = [
         Rule(f"{t}class_token", (f"{b}embeddings.class_embedding",), ((h,),), "class_token"),
@@ -227,6 +227,18 @@ def _whisper_layer(arch: AudioEncoder, src: str, dst: str) -> list[Rule]:
         if r.kind == "qkv" and r.target.endswith(".bias") else r
         for r in rules
     ]
+
+
+def module_rules(family: str, arch, prefixes: Prefixes, llm_hidden: int | None, llava: bool) -> list[Rule]:
+    """Every rule of one module: a Llama LLM, a CLIP tower (+ LLaVA's projector), a Whisper encoder."""
+    if family == "llama":
+        return llama_rules(arch, prefixes)
+    if family == "clip":
+        rules = clip_rules(arch, prefixes)
+        if llava and llm_hidden is not None:
+            rules += projector_rules(arch, llm_hidden, prefixes)
+        return rules
+    return whisper_rules(arch, prefixes)
 
 
 # ---- tensors a module does not take, which are not errors -------------------------------------

@@ -17,12 +17,14 @@ Paths are read as given, like ``data.path``: relative ones from where the job ru
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass
 
-from ..config import JobConfig, LanguageModel, TransformerArch, VisionEncoder
+from ..config import JobConfig, LanguageModel, TransformerArch
 from ..errors import UserError
 from .architectures import Source, open_source
-from .mapping import Prefixes, Rule, clip_rules, expected_probe, find_prefixes, llama_rules, projector_rules, unused_patterns, whisper_rules
+from .mapping import Prefixes, Rule, expected_probe, find_prefixes, module_rules, unused_patterns
+from .preprocessing import preprocessing_of
 from .tokenizer import check_tokenizer
 
 #: fields whose None means a value derived from other fields
@@ -50,6 +52,9 @@ def apply_pretrained(job: JobConfig) -> dict[str, ModuleImport]:
     for imp in imports.values():
         check_tensors(job, imp)
     check_tokenizer(job)
+    tokenizer_dir = job.data.tokenizer if Path(job.data.tokenizer).is_dir() else None
+    for arch in job.encoders.values():  # a preprocessor_config.json that contradicts the encoder
+        preprocessing_of(arch, [arch.pretrained, tokenizer_dir])
     return imports
 
 
@@ -103,16 +108,9 @@ def module_import(job: JobConfig, module: str, src: Source) -> ModuleImport:
     prefixes = find_prefixes(src.family, set(ckpt.tensors), llava=src.llava is not None)
     if prefixes is None:
         raise UserError(f"model.{module}.pretrained={ckpt.path}: no tensor {expected_probe(src.family)} (nor its variants)")
-    if src.family == "llama":
-        rules = llama_rules(arch, prefixes)
-    elif src.family == "clip":
-        assert isinstance(arch, VisionEncoder)
-        rules = clip_rules(arch, prefixes)
-        llm = job.model.get(job.layout.language_module)
-        if src.llava is not None and isinstance(llm, LanguageModel):
-            rules += projector_rules(arch, llm.hidden_size, prefixes)
-    else:
-        rules = whisper_rules(arch, prefixes)
+    llm = job.model.get(job.layout.language_module)
+    hidden = llm.hidden_size if isinstance(llm, LanguageModel) else None
+    rules = module_rules(src.family, arch, prefixes, hidden, llava=src.llava is not None)
     return ModuleImport(module, src, prefixes, rules)
 
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from ...config import AudioEncoder, JobConfig, VisionEncoder
+from ...config import JobConfig, VisionEncoder
 from ...datafiles import DataFileError, read_records
+from ...hf.preprocessing import ImagePreprocessing, preprocessing_of
 from . import media as media_io
-from .chat import Placeholder, Template
+from .chat import Placeholder, make_template
 from .sample import PAD_ID, Sample
 from .tokenizers import Tokenizer
 
@@ -73,10 +74,13 @@ class LlavaDataset:
         self.tokenizer = tokenizer
         self.encoders = job.encoders
         self.module_of_kind = _modules_by_kind(self.encoders)
-        self.template = Template(tokenizer, [
+        self.template = make_template(tokenizer, [
             Placeholder(MEDIA_KEYS[arch.KIND][1], job.layout.special_token_ids[name], arch.tokens_per_sample)
             for name, arch in self.encoders.items()
-        ])
+        ], job.data.tokenizer)
+        tokenizer_dir = job.data.tokenizer if Path(job.data.tokenizer).is_dir() else None
+        self.preprocessing = {name: preprocessing_of(arch, [arch.pretrained, tokenizer_dir])
+                              for name, arch in self.encoders.items()}
         self.records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
         for sample_id, raw in read_records(self.path):
@@ -178,7 +182,7 @@ class LlavaDataset:
         items = []
         for path in record.media.get(module, []):
             try:
-                items.append(_load(arch, path))
+                items.append(_load(self.preprocessing[module], path))
             except Exception as exc:  # noqa: BLE001
                 if self.on_bad_sample == "stop":
                     raise DataError(f"sample {record.sample_id}: cannot decode {path} ({exc})") from exc
@@ -200,8 +204,7 @@ def _item_shape(arch) -> tuple[int, ...]:
     return (arch.num_mel_bins, arch.num_frames)
 
 
-def _load(arch, path: str) -> torch.Tensor:
-    if isinstance(arch, VisionEncoder):
-        return media_io.load_image(path, arch.image_size)
-    assert isinstance(arch, AudioEncoder)
-    return media_io.load_audio_features(path, arch.sample_rate, arch.num_mel_bins, arch.num_frames)
+def _load(pre, path: str) -> torch.Tensor:
+    if isinstance(pre, ImagePreprocessing):
+        return media_io.load_image(path, pre)
+    return media_io.load_audio_features(path, pre)

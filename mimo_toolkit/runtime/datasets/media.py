@@ -1,8 +1,9 @@
 """Media files -> encoder inputs: images for a CLIP-style ViT, WAV audio as Whisper-style log-mel features.
 
-Images: decoded with Pillow, converted to RGB, resized so the short side is the encoder's
-``image_size`` (bicubic) and centre-cropped to a square (CLIP's preprocessing), then
-normalised with CLIP's mean and standard deviation.
+Images: decoded with Pillow, converted to RGB, resized so the short side is ``resize``
+(bicubic, or the checkpoint's filter) and centre-cropped to a square, rescaled and normalised
+(CLIP's preprocessing; a pretrained checkpoint's ``preprocessor_config.json`` gives the
+numbers: :class:`mimo_toolkit.hf.preprocessing.ImagePreprocessing`).
 
 Audio: PCM WAV read with the standard library, mixed to mono, resampled (linearly) to the
 encoder's ``sample_rate`` and padded or trimmed to ``num_frames`` hops of 10 ms, then
@@ -24,8 +25,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ...hf.preprocessing import AudioPreprocessing, ImagePreprocessing
 
 
 # ---- images -------------------------------------------------------------------------------
@@ -39,24 +39,28 @@ def check_image(path: str) -> None:
         img.verify()
 
 
-def load_image(path: str, size: int) -> torch.Tensor:
-    """``[3, size, size]`` float tensor, CLIP-normalised."""
+def load_image(path: str, pre: ImagePreprocessing | int) -> torch.Tensor:
+    """``[3, crop, crop]`` float tensor (``pre`` an int: CLIP's preprocessing at that size)."""
     from PIL import Image
 
+    pre = ImagePreprocessing.default(pre) if isinstance(pre, int) else pre
+    size = pre.crop
     with Image.open(path) as img:
         img = img.convert("RGB")
         w, h = img.size
-        scale = size / min(w, h)
-        if (w, h) != (size, size):
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        if min(w, h) != pre.resize:  # shortest edge to `resize`, the other truncated (transformers' rule)
+            short, long = pre.resize, int(pre.resize * max(w, h) / min(w, h))
+            img = img.resize((short, long) if w <= h else (long, short), Image.Resampling[pre.resample.upper()])
             w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    pixels = data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (pixels - mean) / std
+    pixels = data.view(size, size, 3).permute(2, 0, 1).to(torch.float64) * pre.rescale
+    if pre.normalize:
+        mean = torch.tensor(pre.mean, dtype=torch.float64).view(3, 1, 1)
+        std = torch.tensor(pre.std, dtype=torch.float64).view(3, 1, 1)
+        pixels = (pixels - mean) / std
+    return pixels.float()
 
 
 # ---- audio --------------------------------------------------------------------------------
@@ -127,9 +131,12 @@ def stft_sizes(sample_rate: int) -> tuple[int, int]:
     return round(0.025 * sample_rate), round(0.010 * sample_rate)
 
 
-def log_mel(wav: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) -> torch.Tensor:
-    """``[n_mels, n_frames]`` Whisper-style log-mel features of a mono waveform at ``sample_rate``."""
-    n_fft, hop = stft_sizes(sample_rate)
+def log_mel(wav: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int,
+            n_fft: int | None = None, hop: int | None = None) -> torch.Tensor:
+    """``[n_mels, n_frames]`` Whisper-style log-mel features of a mono waveform at ``sample_rate``
+    (window and hop: a checkpoint's, else Whisper's 25 ms and 10 ms)."""
+    default_fft, default_hop = stft_sizes(sample_rate)
+    n_fft, hop = n_fft or default_fft, hop or default_hop
     wav = F.pad(wav, (0, max(0, n_frames * hop - wav.numel())))[: n_frames * hop]
     window = torch.hann_window(n_fft)
     spec = torch.stft(wav, n_fft, hop, window=window, center=True, pad_mode="reflect", return_complex=True)
@@ -140,6 +147,6 @@ def log_mel(wav: torch.Tensor, sample_rate: int, n_mels: int, n_frames: int) -> 
     return (log_spec + 4.0) / 4.0
 
 
-def load_audio_features(path: str, sample_rate: int, n_mels: int, n_frames: int) -> torch.Tensor:
+def load_audio_features(path: str, pre: AudioPreprocessing) -> torch.Tensor:
     wav, rate = load_wav(path)
-    return log_mel(resample(wav, rate, sample_rate), sample_rate, n_mels, n_frames)
+    return log_mel(resample(wav, rate, pre.sample_rate), pre.sample_rate, pre.mel_bins, pre.frames, pre.n_fft, pre.hop)

@@ -2,8 +2,11 @@
 
 The built-in tokenizer needs no download and fits any vocabulary of at least 259 ids (the
 tiny presets have 320): ids 0-2 are the runtime's PAD, BOS and EOS, and byte ``b`` is id
-``3 + b``. A ``tokenizer.json`` keeps its own ids; its beginning- and end-of-sequence tokens
-are found by their usual names (``<s>``/``</s>``, ``<|endoftext|>``, ...).
+``3 + b``. A ``tokenizer.json`` keeps its own ids. In a checkpoint directory
+(``data.tokenizer=DIR``) the beginning-, end-of-sequence and padding tokens are the ones its
+``tokenizer_config.json`` names; otherwise they are found by their usual names
+(``<s>``/``</s>``, ``<|endoftext|>``, ...). The directory's chat template, if any, is
+``chat.CheckpointTemplate``'s business.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import UserError
+from ...hf.tokenizer import TokenizerFiles
 from .sample import BOS_ID, EOS_ID, PAD_ID
 
 _BOS_NAMES = ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]")
@@ -46,7 +50,17 @@ class HFTokenizer:
     _tok: object
 
     @classmethod
-    def from_file(cls, path: str) -> "HFTokenizer":
+    def from_spec(cls, spec: str) -> "HFTokenizer":
+        """A tokenizer.json file, or a checkpoint directory (special tokens from its config)."""
+        if not Path(spec).is_dir():
+            return cls.from_file(spec)
+        files = TokenizerFiles.locate(spec)
+        tok = cls.from_file(str(files.tokenizer_json), files.special_tokens())
+        tok.path = spec
+        return tok
+
+    @classmethod
+    def from_file(cls, path: str, special: dict[str, str] | None = None) -> "HFTokenizer":
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -57,17 +71,24 @@ class HFTokenizer:
             tok = Tokenizer.from_file(path)
         except Exception as exc:  # the library raises a bare Exception for malformed files
             raise UserError(f"data.tokenizer={path}: not a Hugging Face tokenizer.json ({exc})") from None
-        eos = _first_id(tok, _EOS_NAMES)
+        special = special or {}
+        named = {key: tok.token_to_id(special[key]) if key in special else None
+                 for key in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        eos = named["eos_token"] if named["eos_token"] is not None else _first_id(tok, _EOS_NAMES)
         if eos is None:
             raise UserError(f"data.tokenizer={path}: no end-of-sequence token (one of {', '.join(_EOS_NAMES)})")
-        pad = _first_id(tok, _PAD_NAMES)
-        return cls(path, _first_id(tok, _BOS_NAMES), eos, eos if pad is None else pad, tok.get_vocab_size(), tok)
+        bos = named["bos_token"] if named["bos_token"] is not None else _first_id(tok, _BOS_NAMES)
+        pad = next((named[k] for k in ("pad_token", "unk_token") if named[k] is not None), _first_id(tok, _PAD_NAMES))
+        return cls(path, bos, eos, eos if pad is None else pad, tok.get_vocab_size(), tok)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
 
 
 Tokenizer = ByteTokenizer | HFTokenizer
@@ -83,7 +104,7 @@ def _first_id(tok, names: tuple[str, ...]) -> int | None:
 
 def load_tokenizer(spec: str, model_vocab: int) -> Tokenizer:
     """``data.tokenizer`` -> a tokenizer whose ids all fit the language model's vocabulary."""
-    tok: Tokenizer = ByteTokenizer() if spec == "byte" else HFTokenizer.from_file(spec)
+    tok: Tokenizer = ByteTokenizer() if spec == "byte" else HFTokenizer.from_spec(spec)
     if tok.vocab_size > model_vocab:
         raise UserError(
             f"data.tokenizer={spec} has {tok.vocab_size} ids but the language model's vocab_size is "

@@ -64,6 +64,8 @@ def latest_checkpoint(run_dir: RunDir) -> Path:
 def single_rank_job(job: JobConfig) -> JobConfig:
     """The same job with every module TP1/PP1/DP1 on one rank."""
     out = job.copy()
+    for arch in out.model.values():
+        arch.pretrained = None  # the checkpoint holds every weight: no Hugging Face import
     out.layout.deployment_mode = "homogeneous"
     out.layout.module_parallelisms = {name: ModuleParallelismConfig() for name in out.layout.module_parallelisms}
     out.layout.finalize(1)

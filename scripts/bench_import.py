@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Import speed and memory: a random Llama checkpoint imported at TP2 on 2 processes vs
+``transformers``' ``from_pretrained`` of the same directory in 1 process, in one run.
+
+    python3 scripts/bench_import.py                       # ~1.1B parameters (hidden 2048, 16 layers)
+    python3 scripts/bench_import.py --hidden 1024 --layers 8 --vocab 32000   # a quick smaller run
+
+The checkpoint (bf16 safetensors, as published checkpoints are) is written once into
+``--dir`` (kept for reruns). Each side loads fp32 weights: ``from_pretrained(dtype=float32)``
+and the provider's model (fp32 parameters; the job casts to bf16 later). Timed: the
+``from_pretrained`` call, and on each rank the provider's build (model construction +
+per-rank slice reads), the slowest rank counting. Memory: each rank's peak RSS growth over
+the import (the peak is reset first through ``/proc/self/clear_refs``) against the bytes of
+the parameters it holds. Prints the medians of ``--repeats`` alternating runs and the ratios
+(targets: wall time <= 1.0x, RSS growth <= 1.25x the shard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
+def save_checkpoint(path: Path, args) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
+                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+                         max_position_embeddings=2048, rms_norm_eps=1e-5)
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    print(f"wrote {path}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
+
+
+def hf_side(path: str) -> dict:
+    """One process: transformers' from_pretrained."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    reset_peak()
+    before = rss_kib("VmRSS")
+    start = time.perf_counter()
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    seconds = time.perf_counter() - start
+    shard = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"seconds": seconds, "growth": (rss_kib("VmHWM") - before) * 1024, "shard": shard}
+
+
+def toolkit_side(path: str, out: str) -> None:
+    """One torchrun rank: the provider builds this rank's part and imports its slices."""
+    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+    import torch
+    import torch.distributed as dist
+
+    from mimo_toolkit.resolve import resolve_job
+    from mimo_toolkit.runtime.model.provider import MimoModelProvider
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    config = json.loads((Path(path) / "config.json").read_text())
+    sets = [f"model.llm.pretrained={path}", "layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2",
+            f"model.llm.num_layers={config['num_hidden_layers']}", f"model.llm.hidden_size={config['hidden_size']}",
+            f"model.llm.num_attention_heads={config['num_attention_heads']}",
+            f"model.llm.ffn_hidden_size={config['intermediate_size']}", f"model.llm.vocab_size={config['vocab_size']}",
+            "model.llm.max_sequence_length=2048"]
+    job = resolve_job("llava", "tiny", sets=sets).config
+    dist.barrier()
+    reset_peak()
+    before = rss_kib("VmRSS")
+    start = time.perf_counter()
+    provider = MimoModelProvider.from_job(job)
+    provider.finalize()
+    model = provider.provide()
+    seconds = time.perf_counter() - start
+    shard = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
+    result = {"rank": dist.get_rank(), "seconds": seconds, "growth": (rss_kib("VmHWM") - before) * 1024, "shard": shard}
+    Path(out, f"rank-{dist.get_rank()}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_hf(path: Path) -> dict:
+    code = f"import sys, json; sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench_import as b; " \
+           f"print(json.dumps(b.hf_side({str(path)!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_toolkit(path: Path) -> list[dict]:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d",
+               "--rdzv-endpoint=localhost:0", str(Path(__file__).resolve()), "--worker", str(path), out]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode:
+            raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+        return [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank-*.json"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--ffn", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "mimo-bench-import"))
+    parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return toolkit_side(*args.worker)
+    path = Path(args.dir) / f"llama-h{args.hidden}-l{args.layers}-f{args.ffn}-v{args.vocab}"
+    if not (path / "config.json").exists():
+        save_checkpoint(path, args)
+    hf, ours = [], []
+    for _ in range(args.repeats):  # alternating, so both see the same machine
+        hf.append(run_hf(path))
+        ours.append(run_toolkit(path))
+    hf_s = statistics.median(r["seconds"] for r in hf)
+    ours_s = statistics.median(max(r["seconds"] for r in ranks) for ranks in ours)
+    hf_runs = ", ".join(f"{r['seconds']:.2f}" for r in hf)
+    our_runs = ", ".join(f"{max(r['seconds'] for r in ranks):.2f}" for ranks in ours)
+    print(f"transformers from_pretrained, 1 process: {hf_s:.2f} s (runs: {hf_runs})")
+    print(f"toolkit TP2 import, 2 processes (slowest rank): {ours_s:.2f} s (runs: {our_runs})")
+    print(f"wall time ratio: {ours_s / hf_s:.2f} (target <= 1.0)")
+    for rank in range(2):
+        growth = statistics.median(ranks[rank]["growth"] for ranks in ours)
+        shard = ours[0][rank]["shard"]
+        print(f"rank {rank}: peak RSS growth {growth / 2**30:.2f} GiB for a {shard / 2**30:.2f} GiB shard: "
+              f"{growth / shard:.2f}x (target <= 1.25x)")
+    growth = statistics.median(r["growth"] for r in hf)
+    print(f"transformers: peak RSS growth {growth / 2**30:.2f} GiB for {hf[0]['shard'] / 2**30:.2f} GiB of parameters")
+
+
+if __name__ == "__main__":
+    main()
