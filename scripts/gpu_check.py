@@ -12,7 +12,8 @@ the summary goes to ``OUT/gpu_check.json``; the exit code is the number of failu
 3. bf16 training + evaluation on the GPU box: the tiny LLaVA learns a little of the shapes
    task (the real entrypoint under torchrun), then ``mimo-toolkit eval`` reads its
    TE-written checkpoint with local layers and reproduces the validation loss;
-4. speed: a ~1.2B LLaVA (CLIP ViT-L/14-336 + a 16-layer 2048-wide LLM) at micro-batch 8,
+4. imported Hugging Face weights: logits vs transformers on the device (``scripts/hf_parity_check.py``);
+5. speed: a ~1.2B LLaVA (CLIP ViT-L/14-336 + a 16-layer 2048-wide LLM) at micro-batch 8,
    sequence 2048, everything trained: median tokens/s and MFU over the steps after warm-up.
 
 Multi-GPU paths (NCCL p2p between pipeline stages or heterogeneous modules, TP over NVLink)
@@ -212,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     check_environment(report, gpu)
     check_model(report, gpu, [*ONE_RANK, *device])
     check_train_and_eval(report, out, [*ONE_RANK, *device], steps=40 if gpu else 12)
+    # Imported Hugging Face weights vs transformers on the device, fp32 and bf16 (scripts/hf_parity_check.py).
+    parity = subprocess.run([sys.executable, str(REPO / "scripts/hf_parity_check.py"), *([] if gpu else ["--cpu"]),
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    report.check("hf parity", parity.returncode == 0, " | ".join(
+        line for line in parity.stdout.splitlines() if line.startswith(("PASS", "FAIL"))) or parity.stderr[-500:])
     if gpu:
         check_speed(report, out, "1node", [*ONE_RANK, *device, *LLAVA_1B], steps=12)
     else:
