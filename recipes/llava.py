@@ -15,6 +15,7 @@ from mimo_toolkit.config import (
     LanguageModel,
     TrainConfig,
     VisionEncoder,
+    replace,
 )
 from mimo_toolkit.layout import MimoParallelismConfig, ModuleParallelismConfig
 from mimo_toolkit.recipe import Recipe
@@ -132,18 +133,7 @@ def stage1_train() -> TrainConfig:
 
 def stage2_train() -> TrainConfig:
     """LLaVA-1.5 visual instruction tuning: lr 2e-5, cosine, 3% warm-up, one epoch of 665K at batch 128."""
-    return TrainConfig(
-        steps=5198,
-        micro_batch_size=8,
-        global_batch_size=128,
-        seq_length=2048,
-        lr=2e-5,
-        lr_warmup_steps=156,
-        lr_schedule="cosine",
-        weight_decay=0.0,
-        precision="bf16",
-        save_interval=500,
-    )
+    return replace(stage1_train(), steps=5198, micro_batch_size=8, global_batch_size=128, lr=2e-5, lr_warmup_steps=156)
 
 
 def weights(name: str) -> str:

@@ -13,7 +13,7 @@ forward and backward through the real engine (no optimizer step), and writes
   gradient, tp rank, tp size, partition dim, stride, tensor-parallel?), from dp rank 0 only;
 * ``numel``: module -> canonical name -> (local numel, tp size, tensor-parallel?), and ``modules``,
   the modules this rank holds;
-* ``loss_sum``/``loss_tokens`` of the step.
+* ``loss_sum``/``loss_tokens`` of the step; ``read_numel``: module -> elements its import read.
 
 The test process compares everything with transformers (``tests/test_hf_parity.py``).
 """
@@ -34,6 +34,7 @@ import torch.distributed as dist  # noqa: E402
 
 from mimo_toolkit.resolve import resolve_job  # noqa: E402
 from mimo_toolkit.run_dir import RunDir  # noqa: E402
+from mimo_toolkit.runtime.model import hf_import  # noqa: E402
 from mimo_toolkit.runtime.model.init import canonical_names  # noqa: E402
 from mimo_toolkit.runtime.model.specs import ENCODER_KEY  # noqa: E402
 from mimo_toolkit.runtime.parallel.distributed import init_distributed  # noqa: E402
@@ -64,6 +65,20 @@ class Capture:
         engine_module.Engine._loss = compute_loss
 
 
+def count_reads(counts: dict) -> None:
+    """Elements each module's import reads from the safetensors files (every read goes
+    through SliceReader.full/rows/cols)."""
+    for name in ("full", "rows", "cols"):
+        method = getattr(hf_import.SliceReader, name)
+
+        def counted(reader, *args, _method=method):
+            out = _method(reader, *args)
+            counts[reader.module] = counts.get(reader.module, 0) + out.numel()
+            return out
+
+        setattr(hf_import.SliceReader, name, counted)
+
+
 def encoder_hooks(trainer: Trainer, features: dict) -> None:
     for name, submodule in trainer.model.modality_submodules.items():
         encoder = submodule.encoders[ENCODER_KEY[trainer.job.model[name].KIND]]
@@ -71,9 +86,10 @@ def encoder_hooks(trainer: Trainer, features: dict) -> None:
         encoder.register_forward_hook(lambda mod, args, out, n=name: features[n].append(out.detach().float()))
 
 
-def run_case(case: dict, out: Path, ctx, capture: Capture) -> None:
+def run_case(case: dict, out: Path, ctx, capture: Capture, reads: dict) -> None:
     job = resolve_job(case["recipe"], case.get("preset", "tiny"), sets=case["sets"]).config
     capture.logits.clear()
+    reads.clear()
     trainer = Trainer(job, RunDir(out / "run"), ctx)
     features: dict = {}
     encoder_hooks(trainer, features)
@@ -85,7 +101,7 @@ def run_case(case: dict, out: Path, ctx, capture: Capture) -> None:
     trainer._sync_tied_embeddings()
     record = {
         "loss_sum": result.loss_sum, "loss_tokens": result.loss_tokens, "features": features,
-        "logits": {}, "grads": {}, "numel": {}, "modules": sorted(trainer.parts),
+        "logits": {}, "grads": {}, "numel": {}, "modules": sorted(trainer.parts), "read_numel": dict(reads),
     }
     lm_coords = job.layout.language.coordinates(ctx.rank)
     if lm_coords is not None:
@@ -115,9 +131,10 @@ def main(cases_file: str, out_dir: str) -> None:
     cases = json.loads(Path(cases_file).read_text())
     torch.set_num_threads(1)
     ctx = init_distributed(120, want_gpu=False)
-    capture = Capture()
+    capture, reads = Capture(), {}
+    count_reads(reads)
     for case in cases:
-        run_case(case, Path(out_dir) / case["name"], ctx, capture)
+        run_case(case, Path(out_dir) / case["name"], ctx, capture, reads)
     dist.destroy_process_group()
 
 

@@ -149,9 +149,14 @@ def check_grads(case: str, job, records: list[dict], ref_grads: dict) -> None:
 
 def check_sharding(tp2: list[dict], tp1: list[dict]) -> None:
     """Each LLM TP rank holds exactly 1/TP of every tensor-parallel parameter (vocabulary: of its
-    padded size); replicated ones whole."""
+    padded size); replicated ones whole; and its import read exactly what it holds (its own
+    slices, not a full tensor; padding rows are not read)."""
     full = tp1[0]["numel"]["llm"]
-    for record in tp2:
+    for rank, record in enumerate(tp2):
+        local_rows = padded_vocab_size(VOCAB, 2) // 2
+        real_rows = min(max(VOCAB - rank * local_rows, 0), local_rows)
+        held = sum(numel for numel, _, _ in record["numel"]["llm"].values())
+        assert record["read_numel"]["llm"] == held - 2 * (local_rows - real_rows) * 128, (rank, record["read_numel"])
         for name, (numel, _, parallel) in record["numel"]["llm"].items():
             if "word_embeddings" in name or "output_layer" in name:
                 assert numel == padded_vocab_size(VOCAB, 2) // 2 * 128, name
@@ -201,6 +206,7 @@ def test_llama_checkpoint_text_logits_in_one_process(tmp_path):
     ids = torch.randint(3, VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
     with inference.single_process_group():
         single = inference.single_rank_job(job)
+        single.model["llm"].pretrained = str(path)  # (evaluation clears it: its checkpoint has the weights)
         provider = MimoModelProvider.from_job(single)
         provider.finalize()
         model = provider.provide().eval()

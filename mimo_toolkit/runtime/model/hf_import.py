@@ -23,36 +23,30 @@ from .init import canonical_names
 
 
 class SliceReader:
-    """Row/column ranges of the checkpoint's tensors, read through safetensors' lazy slices."""
+    """Row/column ranges of the checkpoint's tensors, read through safetensors' lazy slices.
+
+    A slice is a view of the mapped file (its pages count as this process's memory while it
+    lives): it is copied into the parameter at once and dropped, so at most one slice is
+    resident at a time."""
 
     def __init__(self, imp: ModuleImport) -> None:
+        self.module = imp.module
         self.tensors = imp.source.checkpoint.tensors
-        self._files: dict = {}
 
-    def __enter__(self) -> "SliceReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._files.values():
-            handle.__exit__(None, None, None)
-        self._files.clear()
-
-    def _slice(self, name: str):
+    def _read(self, name: str, index) -> torch.Tensor:
         from safetensors import safe_open
 
-        path = self.tensors[name].file
-        if path not in self._files:
-            self._files[path] = safe_open(str(path), framework="pt", device="cpu").__enter__()
-        return self._files[path].get_slice(name)
+        with safe_open(str(self.tensors[name].file), framework="pt", device="cpu") as f:
+            return f.get_slice(name)[index]
 
     def full(self, name: str) -> torch.Tensor:
-        return self._slice(name)[:]
+        return self._read(name, slice(None))
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return self._slice(name)[start:stop]
+        return self._read(name, slice(start, stop))
 
     def cols(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return self._slice(name)[:, start:stop]
+        return self._read(name, (slice(None), slice(start, stop)))
 
 
 def _shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
@@ -60,52 +54,62 @@ def _shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
     return rank * per, (rank + 1) * per
 
 
-def read_shard(reader: SliceReader, rule: Rule, param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """This rank's part of ``rule``'s full tensor, shaped like ``param``."""
+def _put(dst: torch.Tensor, src: torch.Tensor, what: str) -> None:
+    """``dst.copy_(src)`` (converting the dtype in the same pass), shapes checked, no broadcasting."""
+    if dst.shape != src.shape:
+        raise ValueError(f"{what}: read {tuple(src.shape)} for a {tuple(dst.shape)} parameter slice")
+    dst.copy_(src)
+
+
+def fill_shard(reader: SliceReader, rule: Rule, param: torch.Tensor, tp_rank: int, tp_size: int) -> None:
+    """Write this rank's part of ``rule``'s full tensor into ``param`` (no full-size temporaries)."""
     sharded = bool(getattr(param, "tensor_model_parallel", False)) and tp_size > 1
     rank, world = (tp_rank, tp_size) if sharded else (0, 1)
+    what = f"{rule.sources} -> {rule.target} (tp {tp_rank}/{tp_size})"
     if rule.kind == "qkv":
-        return _qkv(reader, rule, rank, world)
-    if rule.kind == "glu":
-        return torch.cat([reader.rows(n, *_shard_range(s[0], rank, world)) for n, s in zip(rule.sources, rule.shapes)])
+        return _fill_qkv(reader, rule, param, rank, world, what)
+    if rule.kind == "glu":  # [gate_r; up_r]
+        half = param.shape[0] // 2
+        for i, (name, shape) in enumerate(zip(rule.sources, rule.shapes)):
+            _put(param[i * half : (i + 1) * half], reader.rows(name, *_shard_range(shape[0], rank, world)), what)
+        return None
     if rule.kind == "vocab":
-        return _vocab_rows(reader, rule, param.shape[0], rank)
+        return _fill_vocab_rows(reader, rule, param, rank, what)
     if rule.kind == "class_token":
-        return reader.full(rule.sources[0]).view(1, 1, -1)
+        return _put(param, reader.full(rule.sources[0]).view(1, 1, -1), what)
     name, shape = rule.sources[0], rule.shapes[0]
     if not sharded:
-        return reader.full(name)
+        return _put(param, reader.full(name), what)
     dim = getattr(param, "partition_dim", 0)
     start, stop = _shard_range(shape[dim], rank, world)
-    return reader.rows(name, start, stop) if dim == 0 else reader.cols(name, start, stop)
+    return _put(param, reader.rows(name, start, stop) if dim == 0 else reader.cols(name, start, stop), what)
 
 
-def _qkv(reader: SliceReader, rule: Rule, rank: int, world: int) -> torch.Tensor:
+def _fill_qkv(reader: SliceReader, rule: Rule, param: torch.Tensor, rank: int, world: int, what: str) -> None:
     """Whole query groups ``[g0, g1)``: per group its query heads, key head, value head."""
-    groups = rule.groups
-    g0, g1 = _shard_range(groups, rank, world)
-    parts = []
+    g0, g1 = _shard_range(rule.groups, rank, world)
+    grouped = param.view(g1 - g0, -1, *param.shape[1:])
+    offset = 0
     for name, shape in zip(rule.sources, rule.shapes):
-        per_group = shape[0] // groups
+        per_group = shape[0] // rule.groups
+        part = grouped[:, offset : offset + per_group]
         if name is None:  # Whisper's absent key bias
-            parts.append(torch.zeros((g1 - g0) * per_group, *shape[1:]))
+            part.zero_()
         else:
-            parts.append(reader.rows(name, g0 * per_group, g1 * per_group))
-    trailing = parts[0].shape[1:]
-    grouped = [p.reshape(g1 - g0, -1, *trailing) for p in parts]
-    return torch.cat([g.to(grouped[0].dtype) for g in grouped], dim=1).reshape(-1, *trailing)
+            _put(part, reader.rows(name, g0 * per_group, g1 * per_group).view(part.shape), what)
+        offset += per_group
+    if offset != grouped.shape[1]:
+        raise ValueError(f"{what}: {offset} rows per group read for {grouped.shape[1]}")
 
 
-def _vocab_rows(reader: SliceReader, rule: Rule, local_rows: int, rank: int) -> torch.Tensor:
-    """Rows ``[rank * local_rows, ...)`` of the vocabulary padded with zero rows."""
-    vocab = rule.shapes[0][0]
+def _fill_vocab_rows(reader: SliceReader, rule: Rule, param: torch.Tensor, rank: int, what: str) -> None:
+    """Rows ``[rank * local_rows, ...)`` of the vocabulary; padding rows zero."""
+    local_rows, vocab = param.shape[0], rule.shapes[0][0]
     start = rank * local_rows
-    stop = min(start + local_rows, vocab)
-    real = reader.rows(rule.sources[0], start, stop) if stop > start else None
-    pad_rows = local_rows - max(stop - start, 0)
-    if real is None:
-        return torch.zeros(local_rows, rule.shapes[0][1])
-    return torch.cat([real, real.new_zeros(pad_rows, *real.shape[1:])]) if pad_rows else real
+    real = max(min(start + local_rows, vocab) - start, 0)
+    if real:
+        _put(param[:real], reader.rows(rule.sources[0], start, start + real), what)
+    param[real:].zero_()
 
 
 def rules_by_target(rules: list[Rule]) -> dict[str, Rule]:
@@ -127,18 +131,11 @@ def load_pretrained(part: torch.nn.Module, imp: ModuleImport, tp_rank: int, tp_s
     tensors = dict(part.named_parameters())
     tensors.update((name, buf) for name, buf in part.named_buffers() if name.rsplit(".", 1)[-1] in ("positions",))
     filled = set()
-    with SliceReader(imp) as reader:
-        for name, tensor in tensors.items():
-            rule = by_target.get(canonical.get(name, name))
-            if rule is None:
-                continue
-            value = read_shard(reader, rule, tensor, tp_rank, tp_size)
-            if value.shape != tensor.shape:
-                raise ValueError(
-                    f"{imp.source.checkpoint.path}: {rule.sources} -> {name}: read {tuple(value.shape)}, "
-                    f"the parameter is {tuple(tensor.shape)} (tp {tp_rank}/{tp_size})"
-                )
-            tensor.copy_(value.to(tensor.dtype))
+    reader = SliceReader(imp)
+    for name, tensor in tensors.items():
+        rule = by_target.get(canonical.get(name, name))
+        if rule is not None:
+            fill_shard(reader, rule, tensor, tp_rank, tp_size)
             filled.add(name)
     return filled
 

@@ -61,9 +61,11 @@ class RankLocalMimoModel(MimoModel):
     LLM pipeline stage, or None on encoder-only ranks.
     """
 
-    def __init__(self, mimo_config: MimoModelConfig, participating: Sequence[str], language_module: str) -> None:
+    def __init__(self, mimo_config: MimoModelConfig, participating: Sequence[str], language_module: str,
+                 pretrained_language_model: bool = False) -> None:
         self._participating = set(participating)
         self._language_module = language_module
+        self._pretrained_language_model = pretrained_language_model
         super().__init__(mimo_config)
 
     def _initialize_submodules(self) -> None:
@@ -73,8 +75,20 @@ class RankLocalMimoModel(MimoModel):
 
     def _initialize_language_model(self) -> None:
         self.language_model = None
-        if self._language_module in self._participating:
+        if self._language_module not in self._participating:
+            return
+        if not self._pretrained_language_model:
             self.language_model = build_module(self.mimo_config.language_model_spec)
+            return
+        # Every parameter comes from the checkpoint (hf_import): skip megatron-core's CPU
+        # initialisation (a full-size master weight per layer) by building on the meta device.
+        # GPTModel has no buffers; the RoPE table is computed on the CPU either way.
+        with torch.device("meta"):
+            self.language_model = build_module(self.mimo_config.language_model_spec)
+        attributes = {name: dict(vars(p)) for name, p in self.language_model.named_parameters()}
+        self.language_model.to_empty(device=torch.device("cpu"))  # new Parameter objects:
+        for name, p in self.language_model.named_parameters():  # keep megatron-core's TP attributes
+            vars(p).update(attributes[name])
 
 
 @dataclass
@@ -228,12 +242,19 @@ class MimoModelProvider:
         )
         device = torch.device("meta") if self.init_model_with_meta_device else torch.device("cpu")
         with device:
-            model = RankLocalMimoModel(mimo_config, infra.participating_modules, lm_name)
+            model = RankLocalMimoModel(mimo_config, infra.participating_modules, lm_name, self._language_model_from_meta())
         make_rotary_portable(model)
         if not self.init_model_with_meta_device:
             self.initialize_weights(model)
         self._apply_freezing(model)
         return model
+
+    def _language_model_from_meta(self) -> bool:
+        """A pretrained LLM is built on the meta device (not with tied embeddings over pipeline
+        stages: megatron-core copies those between stages while building)."""
+        params = self.language_model_spec.params or {}
+        tied_stages = params.get("share_embeddings_and_output_weights") and self._config.language.pp > 1
+        return self._config.language_module in self.pretrained and not self.init_model_with_meta_device and not tied_stages
 
     def initialize_weights(self, model: RankLocalMimoModel) -> None:
         """Layout-independent initialisation of every parameter this rank holds."""
