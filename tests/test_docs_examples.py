@@ -48,8 +48,6 @@ SKIPPED = {
     "hf download ": "downloads from the Hugging Face hub, which this machine cannot reach (weights are never downloaded here)",
     "calibrate llava": "measures this machine for minutes (tests/test_calibrate.py runs a short calibration)",
     "--profile calib.json": "reads the file `mimo-toolkit calibrate` writes (tests/test_calibrate.py)",
-    "train.loggers=tensorboard,wandb,mlflow": "needs the wandb and mlflow extras, which the test command does not "
-                                              "install (tests of train.loggers cover each tracker)",
 }  # fmt: skip
 
 #: How a command that needs a cluster or trains for minutes is run instead (in order).

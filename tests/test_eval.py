@@ -172,9 +172,14 @@ def test_multi_encoder_eval_merges_every_module_and_ablates_audio(tmp_path):
 
 
 def test_eval_errors_are_one_line(tmp_path):
-    proc = subprocess.run([SCRIPT, "eval", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    """Wrong requests are refused before torch is imported (one line, exit 2, under a second)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", SCRIPT, "eval", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"mimo-toolkit: error: {tmp_path}: not a run directory (no job.json)"
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "mimo_toolkit.cli" in imported and not any(m.split(".")[0] in ("torch", "megatron") for m in imported)
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == [f"mimo-toolkit: error: {tmp_path}: not a run directory (no job.json)"]
     from dist_support import write_job
 
     write_job(tmp_path, "llava")  # synthetic data, no checkpoint

@@ -28,6 +28,9 @@ def eval_command(run_dir: str, data: str | None, ablate: str | None, limit: int 
       mimo-toolkit eval runs/shapes
       mimo-toolkit eval runs/shapes-av --ablate audio --limit 100
     """
+    from ..runtime.eval.target import eval_target
+
+    eval_target(run_dir, data, ablate)  # a wrong request fails here, before torch is imported
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")  # megatron-core's torch.compile: slow on CPU, no gain here
     with warnings.catch_warnings():  # megatron-core's import-time notices (experimental APIs, no apex)
         warnings.simplefilter("ignore", UserWarning)

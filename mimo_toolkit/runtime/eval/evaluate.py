@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import UserError
-from ...resolve import load_manifest
-from ...run_dir import RunDir, write_json_atomic
+from ...run_dir import write_json_atomic
 from ..datasets.batching import collate_media, collate_text
 from ..parallel.loss import vocab_parallel_cross_entropy
 from . import inference
 from .plot import plot_curves
+from .target import eval_target
 
 BATCH = 32
 MAX_NEW_TOKENS = 32
@@ -51,14 +50,7 @@ def evaluate_run(run_dir: str, data: str | None = None, ablate: str | None = Non
     """Evaluate the newest checkpoint of ``run_dir``; writes ``eval.json`` (or ``eval-ablate-<m>.json``)."""
     from ..datasets import build_file_dataset
 
-    rd = RunDir(run_dir)
-    if not rd.job_file.exists():
-        raise UserError(f"{run_dir}: not a run directory (no job.json)")
-    job = load_manifest(rd.read_job()).config
-    if data is None and (job.data.source != "llava" or not job.data.valid_path):
-        raise UserError(f"{run_dir}: the job has no data.valid_path (it trained on {job.data.source} data); pass --data PATH")
-    if ablate is not None and ablate not in job.encoders:
-        raise UserError(f"--ablate {ablate}: not an encoder of this job ({', '.join(job.encoders)})")
+    rd, job = eval_target(run_dir, data, ablate)
     checkpoint = inference.latest_checkpoint(rd)
     start = time.monotonic()
     with inference.single_process_group():
