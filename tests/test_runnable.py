@@ -102,13 +102,13 @@ HETEROGENEOUS_PP2 = _layout("multi_encoder", "heterogeneous",
 
 
 @pytest.mark.slow
-@settings(max_examples=3, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @example(TP4_PADDED_VOCAB)
 @example(HETEROGENEOUS_PP2)
 @given(layouts())
 def test_accepted_layouts_train_a_step(tmp_path_factory, layout):
     """Every layout `show` accepts on <= 4 ranks trains one step on CPU (torchrun, gloo) to a
-    finite loss: 2 explicit layouts and 3 drawn ones."""
+    finite loss: 2 explicit layouts and 1 drawn one (CI time: each is a 4-process job)."""
     recipe, sets = layout
     run = show(recipe, sets)
     assume(run.code == 0)
