@@ -159,6 +159,25 @@ def test_cli_refuses_bad_checkpoint_without_writing_or_importing_torch(tmp_path)
     assert job["model"]["llm"]["pretrained"] == str(good) and job["model"]["llm"]["num_query_groups"] == 2
 
 
+def test_export_refuses_bad_paths_before_importing_torch(tmp_path):
+    """Not a run directory, or an OUT_DIR that holds something: one line, exit 2, no torch."""
+    script = str(Path(sys.executable).parent / "mimo-toolkit")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep").write_text("x")
+    for run, message in ((tmp_path / "nothing", "nothing: not a run directory (no job.json)"),
+                         (tmp_path / "run", "out: exists and is not an empty directory")):
+        if run.name == "run":
+            (run / "job.json").write_text("{}")
+        proc = subprocess.run([sys.executable, "-X", "importtime", script, "export", str(run), str(tmp_path / "out")],
+                              capture_output=True, text=True)
+        lines = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(message), proc.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert not {m for m in imported if m.split(".")[0] in ("torch", "megatron")}
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep"]
+
+
 def test_stage_presets_agree_with_the_hub_checkpoints(tmp_path, monkeypatch):
     """stage1 (CLIPModel + sharded Vicuna) and stage2 (llava-1.5-7b-hf) resolve against
     checkpoints shaped exactly as on the hub (config.json as published; sparse tensors)."""

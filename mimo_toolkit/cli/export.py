@@ -30,6 +30,9 @@ def export(run_dir: str, out_dir: str, dtype: str) -> None:
     Example:
       mimo-toolkit export runs/stage2 exported/llava-stage2
     """
+    from ..hf.export import check_export_paths
+
+    check_export_paths(run_dir, out_dir)  # bad arguments fail before torch is imported
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     with warnings.catch_warnings():  # megatron-core's import-time notices
         warnings.simplefilter("ignore", UserWarning)

@@ -17,12 +17,23 @@ the layers it has, its feature layer then being the last (``vision_feature_layer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import AudioEncoder, JobConfig, LanguageModel, VisionEncoder
 from ..errors import UserError
 from .architectures import PROJECTOR_ACTIVATIONS, Source, open_source
 from .checkpoint import TensorInfo
 from .mapping import EXPORT_PREFIXES, Prefixes, Rule, find_prefixes, module_rules
+
+def check_export_paths(run_dir: str, out_dir: str) -> None:
+    """Refuse a RUN_DIR that is no run directory or an OUT_DIR that already holds something,
+    before anything heavy is imported or read."""
+    if not (Path(run_dir) / "job.json").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no job.json)")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out_dir}: exists and is not an empty directory")
+
 
 #: the recipe's projector activation -> Hugging Face's name
 HF_ACTIVATION = {ours: hf for hf, ours in reversed(list(PROJECTOR_ACTIVATIONS.items()))}

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import UserError
-from ...hf.export import ExportDir, export_plan
+from ...hf.export import ExportDir, check_export_paths, export_plan
 from ...hf.preprocessing import PREPROCESSOR_CONFIG, preprocessing_of
 from ...hf.tokenizer import TokenizerFiles
 from ...resolve import load_manifest
@@ -36,12 +35,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def export_run(run_dir: str, out_dir: str, dtype: str | None = None) -> dict:
     """Export ``run_dir``'s newest checkpoint to ``out_dir``; returns what was written."""
-    rd = RunDir(run_dir)
-    if not rd.job_file.exists():
-        raise UserError(f"{run_dir}: not a run directory (no job.json)")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out_dir}: exists and is not an empty directory")
+    check_export_paths(run_dir, out_dir)
+    rd, out = RunDir(run_dir), Path(out_dir)
     job = load_manifest(rd.read_job()).config
     checkpoint = inference.latest_checkpoint(rd)
     plan = export_plan(job, dtype, image_token=_image_token(job))
