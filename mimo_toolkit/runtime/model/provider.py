@@ -251,10 +251,12 @@ class MimoModelProvider:
 
     def _language_model_from_meta(self) -> bool:
         """A pretrained LLM is built on the meta device (not with tied embeddings over pipeline
-        stages: megatron-core copies those between stages while building)."""
+        stages: megatron-core copies those between stages while building; local layers only:
+        TE layers are created on the device megatron-core names, whatever the default)."""
         params = self.language_model_spec.params or {}
         tied_stages = params.get("share_embeddings_and_output_weights") and self._config.language.pp > 1
-        return self._config.language_module in self.pretrained and not self.init_model_with_meta_device and not tied_stages
+        return (self._config.language_module in self.pretrained and not self.init_model_with_meta_device
+                and not tied_stages and self.backend == "local")
 
     def initialize_weights(self, model: RankLocalMimoModel) -> None:
         """Layout-independent initialisation of every parameter this rank holds."""
