@@ -189,6 +189,9 @@ class TrainConfig:
     """Linear warm-up steps."""
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay after warm-up."""
+    lr_decay_steps: int | None = None
+    """Step at which the decay reaches min_lr (None: train.steps). Set it to stop early or train
+    longer without changing the schedule of a run being resumed."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_beta1: float = 0.9
@@ -224,6 +227,20 @@ class TrainConfig:
     """MLflow tracking URI (None: a file store in RUN_DIR/mlruns)."""
     mlflow_experiment: str | None = None
     """MLflow experiment (None: the recipe's name)."""
+    distributed_optimizer: bool | None = None
+    """Shard fp32 master weights and Adam states over each module's data-parallel (x context-
+    parallel) group: gradients reduce-scattered, parameters all-gathered after the step, the
+    same numbers as without. None: on with GPUs, off on CPU."""
+    recompute: dict[str, Literal["none", "selective", "full"]] = field(default_factory=dict)
+    """Activation recompute per module (`--set train.recompute.llm=full`): none; selective
+    (attention's softmax part recomputed); full (each layer's input kept, the layer rerun in the
+    backward). Same numbers, less activation memory, ~1/3 more compute for full."""
+    async_save: bool = True
+    """Write checkpoints in the background: training stops only to copy its state to host
+    memory."""
+
+    def uses_distributed_optimizer(self, gpus: bool) -> bool:
+        return self.distributed_optimizer if self.distributed_optimizer is not None else gpus
 
 
 @dataclass(kw_only=True)

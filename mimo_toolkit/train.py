@@ -71,6 +71,18 @@ def _load(config: str):
     return load_manifest(data)
 
 
+def check_checkpoint(rd: RunDir, job) -> None:
+    """Before any process group: the checkpoint this job would resume has all its files, at
+    their sizes, and was written by this model (the resume guard's model check)."""
+    from .checkpoints import check_resume, latest, verify_files
+
+    info = latest(rd)
+    if info is not None:
+        verify_files(info)
+        if info.config is not None:
+            check_resume(info.config, job.to_dict(), f"{rd.path.name}/checkpoints/{info.path.name}", force=True)
+
+
 def main(config: str, run_dir: str) -> int:
     """Train the job in ``config``; returns the process exit code."""
     stop = StopRequest().install()  # before anything slow: a preemption signal is never lost
@@ -92,6 +104,13 @@ def main(config: str, run_dir: str) -> int:
                 f"{world} (nodes x processes per node); the allocation does not fit the layout",
                 file=sys.stderr,
             )
+        return 2
+
+    try:
+        check_checkpoint(rd, job)
+    except UserError as exc:
+        if rank == 0:
+            print(f"mimo-toolkit: error: {exc}", file=sys.stderr)
         return 2
 
     if job.cluster.gpus_per_node == 0:

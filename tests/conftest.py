@@ -17,3 +17,4 @@ os.environ.pop("MIMO_TOOLKIT_RECIPE_PATH", None)
 os.environ["MIMO_TOOLKIT_HOME"] = tempfile.mkdtemp(prefix="mimo-home-")
 
 from slurm_support import slurm_cluster  # noqa: E402,F401  (the real local Slurm cluster fixture)
+from dist_support import colocated, reference  # noqa: E402,F401  (reference runs shared by test modules)

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.run_dir import RunDir
 from mimo_toolkit.torchrun import torchrun_args, train_args
@@ -99,3 +101,24 @@ def worker_pid(rank: int) -> int:
         if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
             return int(pid)
     raise AssertionError(f"no worker with RANK={rank}")
+
+
+# ---- the reference runs several test modules compare with (session fixtures, see conftest) ----
+
+HOMOGENEOUS_TP1 = ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1"]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> JobRun:
+    """Homogeneous TP1 DP2 run of llava tiny, 10 steps (the layout every other one must match)."""
+    run = run_job(tmp_path_factory.mktemp("ref"), "llava", sets=["train.steps=10", *HOMOGENEOUS_TP1])
+    assert run.returncode == 0, run.output[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def colocated(tmp_path_factory) -> JobRun:
+    """llava tiny's own layout (LLM TP2 DP1, vision TP1 DP2 colocated), 10 steps."""
+    run = run_job(tmp_path_factory.mktemp("colocated"), "llava", sets=["train.steps=10"])
+    assert run.returncode == 0, run.output[-3000:]
+    return run

@@ -1,15 +1,15 @@
 """A trained model in ONE process, whatever layout trained it: load, forward, greedy decoding.
 
 The job's model is built TP1/PP1 for every module on a 1-rank gloo group (the same
-provider and specs as training, so tensor-parallel attributes match), and each module's
-weights are the newest checkpoint's shards merged into full tensors
-(``mimo_toolkit.runtime.eval.reshard``). Fine for models that fit one device: evaluation of
+provider and specs as training, so parameter names and tensor-parallel attributes match),
+and each module's weights are the newest checkpoint's full tensors (whatever layout wrote it,
+``mimo_toolkit.runtime.eval.reshard``). Fine for models that fit one device: evaluation of
 small models, tests, demos.
 
 It always runs on CPU with megatron-core's local layers, also on a GPU machine with
 transformer-engine installed (TE layers cannot run on CPU tensors). A checkpoint written by
-TE layers names some parameters differently (norms fused into the next linear layer,
-``_extra_state``): ``specs.local_parameter_names`` maps them before the merge.
+TE layers names some parameters differently (norms fused into the next linear layer):
+``reshard.module_state_dict`` maps them with ``specs.local_parameter_names``.
 
 Greedy decoding recomputes the whole sequence for each new token (no KV cache): the
 encoders run once per batch, the LLM once per generated token. Batches are right-padded;
@@ -28,15 +28,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ... import checkpoints
 from ...config import JobConfig
 from ...errors import UserError
 from ...layout import ModuleParallelismConfig
 from ...run_dir import RunDir
 from ..model.provider import MimoModelProvider, _module_parts
-from ..train.checkpoint import LATEST
 from ..train.engine import decoder_input, encode
-from ..model.specs import local_parameter_names
-from .reshard import merge_shards, read_shards
+from .reshard import module_state_dict
 
 
 @contextlib.contextmanager
@@ -54,11 +53,11 @@ def single_process_group():
 
 
 def latest_checkpoint(run_dir: RunDir) -> Path:
-    pointer = run_dir.checkpoint_dir / LATEST
-    path = run_dir.checkpoint_dir / pointer.read_text().strip() if pointer.exists() else None
-    if path is None or not (path / "meta.json").exists():
+    info = checkpoints.latest(run_dir)
+    if info is None:
         raise UserError(f"{run_dir.path}: no complete checkpoint (train first, or wait for the first save)")
-    return path
+    checkpoints.verify_files(info)
+    return info.path
 
 
 def single_rank_job(job: JobConfig) -> JobConfig:
@@ -89,8 +88,7 @@ def load_model(job: JobConfig, checkpoint: Path) -> LoadedModel:
     provider.finalize()
     model = provider.provide()
     for name, part in _module_parts(model, single.layout.language_module).items():
-        shards = {where: local_parameter_names(state) for where, state in read_shards(checkpoint, name).items()}
-        part.load_state_dict(merge_shards(shards, part))
+        part.load_state_dict(module_state_dict(checkpoint, name, part))
     model.eval()
     step = json.loads((checkpoint / "meta.json").read_text())["step"]
     tp = provider.get_or_build_infra().pg_collections[single.layout.language_module].tp

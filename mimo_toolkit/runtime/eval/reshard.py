@@ -1,98 +1,102 @@
-"""Merge a checkpoint's tensor- and pipeline-parallel shards into one full state dict per module.
+"""One module's full (unsharded) weights from a checkpoint, whatever layout wrote it.
 
-A checkpoint holds ``model/<module>/tpXX-ppYY.pt`` per (TP rank, PP stage) of each module
-(``mimo_toolkit.runtime.train.checkpoint``). Loading it into a model of another layout (evaluation
-runs one process, TP1/PP1, whatever the training layout was) means undoing both splits:
+The one function the evaluation (``mimo-toolkit eval``) and the Hugging Face export read
+checkpoints through. A checkpoint (``mimo_toolkit.runtime.train.checkpoint``) already stores
+every parameter as one full tensor under its canonical name (global layer numbers, true
+vocabulary, TP1 shape), in torch.distributed.checkpoint's format; reading a module is
+reading its ``model/<module>/`` keys, from the step's directory and from the run's frozen
+store, in this one process (no process group).
 
-* pipeline stages number their layers from 0; stage ``p``'s layer ``i`` is global layer
-  ``i + (layers of the stages before p)`` (what ``init.canonical_names`` computes for a
-  built model);
-* a tensor-parallel parameter is put back together along its ``partition_dim``, undoing
-  the strided split of ``init.shard`` (SwiGLU's ``linear_fc1`` has stride 2: each rank holds
-  a slice of the gate and a slice of the up projection); the target model's parameters
-  carry those attributes (megatron-core sets them at any TP size). Everything else is
-  replicated over TP ranks and taken from rank 0.
-* the vocabulary is padded to a multiple of 128 x TP, so vocabulary-sized tensors are cut
-  (or zero-padded) to the target model's padded size; padding rows are never used.
+Two details of the stored shapes (``runtime.train.canonical``): a strided tensor-parallel
+weight (SwiGLU's ``linear_fc1``, gate and up interleaved per TP rank) is stored as
+``[stride, rows/stride, ...]``, which is the TP1 tensor reshaped; vocabulary tables hold the
+true vocabulary's rows and a target model pads them to its own padded size with zeros.
 """
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..model.init import _VOCAB_PARAMS
-
-_SHARD = re.compile(r"tp(\d+)-pp(\d+)\.pt")
-_LAYER = re.compile(r"((?:^|\.)layers\.)(\d+)(\.)")
-
-
-def unshard(parts: list[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
-    """The full tensor whose ``init.shard(full, dim, stride, r, len(parts))`` is ``parts[r]``."""
-    world = len(parts)
-    pieces = [p.chunk(stride, dim=dim) for p in parts]
-    return torch.cat([pieces[c % world][c // world] for c in range(world * stride)], dim=dim)
+from ...checkpoints import CheckpointInfo, latest, read_checkpoint
+from ...errors import UserError
+from ...run_dir import RunDir
+from ..model.init import _VOCAB_PARAMS, canonical_names
+from ..model.specs import local_parameter_names
+from ..train import dcp_io
 
 
-def read_shards(checkpoint: Path, module: str) -> dict[tuple[int, int], dict]:
-    """(tp, pp) -> the module's state dict in that shard file."""
+def _checkpoint(source: RunDir | Path) -> CheckpointInfo:
+    if isinstance(source, RunDir):
+        info = latest(source)
+        if info is None:
+            raise UserError(f"{source.path}: no complete checkpoint (train first, or wait for the first save)")
+        return info
+    return read_checkpoint(Path(source))
+
+
+def _read(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor under ``prefix`` in the DCP checkpoint at ``directory``, as full tensors."""
+    index = dcp_io.read_index(directory).state_dict_metadata
+    state = {k: torch.empty(tuple(md.size), dtype=md.properties.dtype) for k, md in index.items()
+             if k.startswith(prefix) and hasattr(md, "size")}
+    if state:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch.distributed is disabled ... single process": yes
+            dcp_io.load(state, directory)
+    return {k[len(prefix):]: v for k, v in state.items()}
+
+
+def module_state_dict(source: RunDir | Path, module: str, target: torch.nn.Module | None = None) -> dict:
+    """``module``'s full weights from the newest checkpoint of a run directory (``RunDir``) or
+    from one checkpoint directory (``Path``).
+
+    Without ``target``: canonical names (megatron-core's local layers' names, also for a
+    checkpoint written by transformer-engine layers) and stored shapes (what an exporter maps
+    to another naming). With ``target`` (the module built TP1/PP1 by the provider): exactly
+    ``target.state_dict()``'s keys and shapes, ready for ``load_state_dict`` (:func:`fit_to`).
+    """
+    info = _checkpoint(source)
+    prefix = f"model/{module}/"
+    weights = _read(info.path, prefix)
+    if info.frozen is not None:
+        weights.update(_read(info.frozen, prefix))
+    if not weights:
+        raise UserError(f"{info.path.name}: no weights of module {module!r}")
+    return fit_to(weights, target, where=info.path.name) if target is not None else local_parameter_names(weights)
+
+
+def fit_to(weights: dict, target: torch.nn.Module, where: str = "the checkpoint") -> dict:
+    """Full weights by canonical name (local or transformer-engine layer names) as
+    ``target.state_dict()``: its keys and shapes; entries that are not parameters
+    (``_extra_state``) are the target's own."""
+    weights = local_parameter_names(weights)  # TE: norms fused into the next linear layer
+    names = canonical_names(target)
     out = {}
-    for path in sorted((checkpoint / "model" / module).glob("tp*-pp*.pt")):
-        match = _SHARD.fullmatch(path.name)
-        if match:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            out[(int(match[1]), int(match[2]))] = state["model"]
-    if not out:
-        raise FileNotFoundError(f"{checkpoint}: no shards of module {module!r}")
+    for key, ref in target.state_dict().items():
+        if key not in names:
+            out[key] = ref  # not a parameter: nothing of it is stored
+            continue
+        if names[key] not in weights:
+            raise UserError(f"{where}: no weights for {names[key]!r} (checked the step and the frozen store)")
+        out[key] = _fit(names[key], weights[names[key]], ref.shape)
     return out
 
 
-def _layer_numbers(state: dict) -> set[int]:
-    return {int(m[2]) for key in state for m in [_LAYER.search(key)] if m}
+def _fit(key: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A stored tensor in the target's shape: strided views reshaped, vocabulary rows padded."""
+    if value.numel() == shape.numel():
+        return value.reshape(shape)
+    if key.endswith(_VOCAB_PARAMS) and value.shape[1:] == shape[1:] and value.shape[0] <= shape[0]:
+        return torch.cat([value, value.new_zeros(shape[0] - value.shape[0], *shape[1:])])
+    raise UserError(f"{key}: the checkpoint's shape {tuple(value.shape)} does not fit {tuple(shape)}")
 
 
-def _global_names(state: dict, offset: int) -> dict:
-    if not offset:
-        return dict(state)
-    return {_LAYER.sub(lambda m: f"{m[1]}{int(m[2]) + offset}{m[3]}", key, count=1): v for key, v in state.items()}
-
-
-def merge_shards(shards: dict[tuple[int, int], dict], target: torch.nn.Module) -> dict:
-    """One state dict for ``target`` (the module built TP1/PP1) from all (tp, pp) shards."""
-    tp_size = 1 + max(tp for tp, _ in shards)
-    pp_size = 1 + max(pp for _, pp in shards)
-    by_name: dict[str, list] = defaultdict(lambda: [None] * tp_size)
-    offset = 0
-    for pp in range(pp_size):
-        for tp in range(tp_size):
-            for key, value in _global_names(shards[(tp, pp)], offset).items():
-                by_name[key][tp] = value
-        offset += len(_layer_numbers(shards[(0, pp)]))
-    params = dict(target.named_parameters())
-    expected = target.state_dict()
-    merged = {}
-    for key, ref in expected.items():
-        if key not in by_name:
-            raise KeyError(f"checkpoint has no {key!r} (checked {tp_size} TP x {pp_size} PP shards)")
-        parts = by_name[key]
-        param = params.get(key)
-        if param is not None and getattr(param, "tensor_model_parallel", False) and tp_size > 1:
-            value = unshard(parts, param.partition_dim, getattr(param, "partition_stride", 1))
-        else:
-            value = parts[0]
-        if isinstance(ref, torch.Tensor) and value.shape != ref.shape:
-            value = _fit_vocab(key, value, ref.shape)
-        merged[key] = value
-    return merged
-
-
-def _fit_vocab(key: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Vocabulary padding differs between TP sizes: cut or zero-pad dimension 0."""
-    if not key.endswith(_VOCAB_PARAMS) or value.shape[1:] != shape[1:]:
-        raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} does not fit {tuple(shape)}")
-    if value.shape[0] >= shape[0]:
-        return value[: shape[0]]
-    return torch.cat([value, value.new_zeros(shape[0] - value.shape[0], *shape[1:])])
+def unshard(parts: list[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
+    """The full tensor whose ``init.shard(full, dim, stride, r, len(parts))`` is ``parts[r]``
+    (tests put per-rank tensors back together with it)."""
+    world = len(parts)
+    pieces = [p.chunk(stride, dim=dim) for p in parts]
+    return torch.cat([pieces[c % world][c // world] for c in range(world * stride)], dim=dim)

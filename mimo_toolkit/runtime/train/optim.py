@@ -21,15 +21,18 @@ import torch
 import torch.distributed as dist
 
 from ...config import TrainConfig
+from ..parallel.data_parallel import Segment
 
 
 def lr_at(step: int, train: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine/linear decay to ``min_lr`` at ``train.steps``."""
+    """Linear warm-up to ``lr``, then cosine/linear decay to ``min_lr`` at ``train.lr_decay_steps``
+    (default ``train.steps``)."""
     if train.lr_warmup_steps and step < train.lr_warmup_steps:
         return train.lr * (step + 1) / train.lr_warmup_steps
     if train.lr_schedule == "constant":
         return train.lr
-    span = max(train.steps - train.lr_warmup_steps, 1)
+    end = train.lr_decay_steps if train.lr_decay_steps is not None else train.steps
+    span = max(end - train.lr_warmup_steps, 1)
     progress = min(max(step - train.lr_warmup_steps, 0) / span, 1.0)
     if train.lr_schedule == "linear":
         factor = 1.0 - progress
@@ -63,69 +66,112 @@ def counts_for_norm(param: torch.Tensor, tp_rank: int, pp_rank: int) -> bool:
     return bool(getattr(param, "tensor_model_parallel", False)) or tp_rank == 0
 
 
-class ModuleOptimizer:
-    """AdamW over one module's trainable parameters on this rank."""
+def _adam_state(master: torch.Tensor, fused: bool) -> dict:
+    """AdamW's per-tensor state, created up front (torch creates the same lazily at the first
+    step) so that a checkpoint of step 0 has it and a resumed run can load into it."""
+    step = torch.zeros((), dtype=torch.float32, device=master.device if fused else "cpu")
+    return {"step": step, "exp_avg": torch.zeros_like(master), "exp_avg_sq": torch.zeros_like(master)}
 
-    def __init__(self, name: str, params: list[torch.nn.Parameter], train: TrainConfig, counts_in_norm: list[bool]) -> None:
+
+class ModuleOptimizer:
+    """AdamW over the parameter pieces of one module that this rank updates.
+
+    The pieces (``data_parallel.Segment``) are whole parameters, or, with a distributed
+    optimizer, this rank's slice of the module's flat buffer cut at parameter boundaries.
+    Each piece gets an fp32 master (the parameter storage itself when that is fp32) and its
+    Adam moments; AdamW is elementwise, so the sharded update is the unsharded one, sliced.
+    """
+
+    def __init__(self, name: str, wrapper, train: TrainConfig, counts_in_norm, counted_here: bool) -> None:
         self.name = name
-        self.params = params
-        self.counts_in_norm = counts_in_norm
-        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in params]
-        decay = [m for m, p in zip(self.masters, params) if p.ndim >= 2]
-        no_decay = [m for m, p in zip(self.masters, params) if p.ndim < 2]
+        self.wrapper = wrapper
+        self.segments = [s for s in wrapper.segments() if s.end > s.start]
+        self.counts = [counts_in_norm(s.param) for s in self.segments]
+        self.counted_here = counted_here
+        """Whether this rank's gradients count in the global norm (one replica, or every shard)."""
+        self.masters = [
+            s.value if s.value.dtype == torch.float32 else s.value.detach().float().clone() for s in self.segments
+        ]
+        decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim >= 2]
+        no_decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim < 2]
         groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = bool(params) and params[0].is_cuda
-        self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]],
-            lr=train.lr,
-            betas=(train.adam_beta1, train.adam_beta2),
-            eps=train.adam_eps,
-            fused=fused or None,
-        )
+        fused = bool(self.masters) and self.masters[0].is_cuda
+        self.optimizer = None  # a shard of nothing but padding updates nothing
+        if self.masters:
+            self.optimizer = torch.optim.AdamW(
+                [g for g in groups if g["params"]],
+                lr=train.lr,
+                betas=(train.adam_beta1, train.adam_beta2),
+                eps=train.adam_eps,
+                fused=fused or None,
+            )
+            for m in self.masters:
+                self.optimizer.state[m] = _adam_state(m, fused)
         self.schedule = LRSchedule(train)
+        self.updates = 0
+        """Steps taken (skipped ones not counted): Adam's step count, the same on every rank."""
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state on this rank: fp32 masters (when separate) and moments."""
+        moments = sum(t.numel() * t.element_size() for m in self.masters for t in self.moments(m).values())
+        copies = sum(m.numel() * m.element_size() for m, s in zip(self.masters, self.segments) if m is not s.value)
+        return moments + copies
+
+    def moments(self, master: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = self.optimizer.state[master]
+        return {"exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
 
     def grad_sq(self) -> torch.Tensor:
         """Sum of squared gradients this rank contributes to the global norm."""
-        total = torch.zeros((), dtype=torch.float32, device=self.params[0].device if self.params else "cpu")
-        for p, counts in zip(self.params, self.counts_in_norm):
-            if counts:
-                total += p.main_grad.float().pow(2).sum()
+        device = self.masters[0].device if self.masters else "cpu"
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        if self.counted_here:
+            for s, counts in zip(self.segments, self.counts):
+                if counts:
+                    total += s.grad.float().pow(2).sum()
         return total
 
     def step(self, clip_coef: float) -> float:
         lr = self.schedule.lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        for p, m in zip(self.params, self.masters):
+        for s, m in zip(self.segments, self.masters):
             if clip_coef != 1.0:
-                p.main_grad.mul_(clip_coef)  # the buffer is zeroed before the next step anyway
-            m.grad = p.main_grad
-        self.optimizer.step()
+                s.grad.mul_(clip_coef)  # the buffer is zeroed before the next step anyway
+            m.grad = s.grad
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
         with torch.no_grad():
-            for p, m in zip(self.params, self.masters):
+            for s, m in zip(self.segments, self.masters):
                 m.grad = None
-                if m is not p:
-                    p.copy_(m)
+                if m is not s.value:
+                    s.value.copy_(m)
+        self.wrapper.finish_param_sync()
         self.schedule.step += 1
+        self.updates += 1
         return lr
 
     def skip(self) -> None:
         """Inf/nan somewhere: no update, but the schedule advances like the step did."""
         self.schedule.step += 1
 
-    def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
-        if any(m is not p for m, p in zip(self.masters, self.params)):
-            state["masters"] = [m.detach().cpu() for m in self.masters]
-        return state
+    # ---- checkpoint state (``runtime.train.checkpoint``) ---------------------------------------
+    def pieces(self) -> list[tuple[Segment, dict[str, torch.Tensor]]]:
+        """Each segment with flat views of its master weights and Adam moments."""
+        out = []
+        for s, m in zip(self.segments, self.masters):
+            tensors = {"master": m, **self.moments(m)}
+            out.append((s, {k: v.view(-1) for k, v in tensors.items()}))
+        return out
 
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def counters(self) -> dict:
+        return {"adam_step": self.updates, "schedule": self.schedule.state_dict()}
+
+    def load_counters(self, state: dict) -> None:
+        self.updates = int(state["adam_step"])
+        for m in self.masters:
+            self.optimizer.state[m]["step"].fill_(float(self.updates))
         self.schedule.load_state_dict(state["schedule"])
-        if "masters" in state:
-            with torch.no_grad():
-                for m, saved in zip(self.masters, state["masters"]):
-                    m.copy_(saved)
 
 
 @dataclass
@@ -142,7 +188,6 @@ class Consensus:
 def step_consensus(
     optimizers: dict[str, ModuleOptimizer],
     module_names: list[str],
-    counted: dict[str, bool],
     loss_sum: float,
     loss_tokens: int,
     stop: bool,
@@ -152,14 +197,15 @@ def step_consensus(
     """One all-reduce (SUM over the world) of [loss, tokens, stop, bridge bytes sent forward
     and backward, grad_sq per module].
 
-    ``counted[m]`` is True on exactly one data-parallel replica of module ``m`` (so each
-    gradient shard is counted once); loss sums come from TP rank 0 of the last LLM stage.
+    Each gradient element is counted once: by one data-parallel replica, or, with a
+    distributed optimizer, by the replica that holds its shard (``ModuleOptimizer.grad_sq``);
+    loss sums come from TP rank 0 of the last LLM stage.
     """
     head = 5
     vec = torch.zeros(head + len(module_names), dtype=torch.float64, device=device)
     vec[0], vec[1], vec[2], vec[3], vec[4] = loss_sum, loss_tokens, float(stop), *bridge_bytes
     for i, name in enumerate(module_names):
-        if name in optimizers and counted.get(name, False):
+        if name in optimizers:
             vec[head + i] = optimizers[name].grad_sq().double()
     dist.all_reduce(vec)
     squares = vec[head:].tolist()

@@ -14,6 +14,7 @@ step's metrics row every N steps and at the end; rank 0 then plots the loss curv
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
@@ -25,6 +26,7 @@ from ...run_dir import EXIT_REQUEUE, RunDir
 from ..datasets import build_dataset
 from ..datasets.batching import BatchGeometry, ReplicaData, ValidationData
 from ..eval.plot import plot_curves
+from ..model import recompute
 from ..model.provider import MimoModelProvider, _module_parts
 from ..parallel.bridge import make_bridge
 from ..parallel.distributed import DistContext
@@ -59,21 +61,15 @@ class Trainer:
 
         # Model: per-module grids and process groups, this rank's modules, data parallelism.
         self.provider = MimoModelProvider.from_job(job)
+        recompute.apply(self.provider, job.train.recompute)
         self.provider.finalize()
-        self.model = self.provider.provide_distributed_model()[0]
+        self.sharded = job.train.uses_distributed_optimizer(gpus=ctx.device.type == "cuda")
+        self.model = self.provider.provide_distributed_model(ddp_config=ddp_config(self.sharded))[0]
         self.infra = self.provider.get_or_build_infra()
         self.pgcs = self.infra.pg_collections
         self.parts = _module_parts(self.model, layout.language_module)
         self.dtype = torch.bfloat16 if self.provider.bf16 else torch.float32
-
-        # Optimizers: one per module this rank trains.
-        self.optimizers: dict[str, ModuleOptimizer] = {}
-        for name, part in self.parts.items():
-            params = [p for p in part.parameters() if p.requires_grad]
-            if params:
-                c = layout.module_parallelisms[name].coordinates(self.rank)
-                counts = [counts_for_norm(p, c["tp"], c["pp"]) for p in params]
-                self.optimizers[name] = ModuleOptimizer(name, params, job.train, counts)
+        self.optimizers = self._build_optimizers()
 
         # Transport, data and schedule.
         self.geometry = BatchGeometry.of(job)
@@ -98,19 +94,35 @@ class Trainer:
             self.validator = Engine(
                 job, self.model, self.pgcs, self.bridge, self.p2p, valid, set(), forward_ops, ctx.device, self.dtype
             )
-        self.checkpointer = Checkpointer(run_dir, layout, self.parts, self.optimizers, job.train.keep_checkpoints)
+        self.checkpointer = Checkpointer(run_dir, job, self.parts, self.optimizers, job.train.async_save)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
         self.module_names = list(layout.module_parallelisms)
         self.flops_per_step = model_flops_per_step(job)
         self.peak = device_peak(ctx.device, job.train.precision)
         self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd", "wait")]
-        self.counted = {
-            name: layout.module_parallelisms[name].coordinates(self.rank) is not None
-            and layout.module_parallelisms[name].coordinates(self.rank)["dp"] == 0
-            and layout.module_parallelisms[name].coordinates(self.rank)["cp"] == 0
-            for name in self.module_names
-        }
         self.step = 0
+        self._report_optimizer_state()
+
+    def _build_optimizers(self) -> dict[str, ModuleOptimizer]:
+        """One optimizer per module this rank trains, over the pieces its data-parallel wrapper
+        assigns to this rank (whole parameters, or one shard with a distributed optimizer)."""
+        optimizers = {}
+        for name, wrapper in self.model.data_parallel.items():
+            c = self.job.layout.module_parallelisms[name].coordinates(self.rank)
+            counted = wrapper.sharded or (c["dp"] == 0 and c["cp"] == 0)
+            optimizers[name] = ModuleOptimizer(
+                name, wrapper, self.job.train, lambda p, c=c: counts_for_norm(p, c["tp"], c["pp"]), counted
+            )
+        return optimizers
+
+    def _report_optimizer_state(self) -> None:
+        """One line on rank 0: each module's optimizer state bytes on each of its ranks."""
+        mine = [float(self.optimizers[m].state_bytes()) if m in self.optimizers else -1.0 for m in self.module_names]
+        every = [torch.zeros(len(mine), dtype=torch.float64) for _ in range(self.ctx.world_size)]
+        dist.all_gather(every, torch.tensor(mine, dtype=torch.float64), group=self.checkpointer.group)
+        table = {m: {r: int(v[i]) for r, v in enumerate(every) if v[i] >= 0} for i, m in enumerate(self.module_names)}
+        kind = "distributed" if self.sharded else "replicated"
+        self.metrics.say(f"[mimo-toolkit] optimizer state bytes per rank ({kind}): {json.dumps(table)}")
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
@@ -128,22 +140,21 @@ class Trainer:
         last_saved = self.step
         if self.step < train.steps and self._stop_agreed():
             # Preempted while starting up: nothing new to save unless this is a fresh start.
-            if self.checkpointer.latest() is None:
-                self.save()
-            return self._exit_for_requeue()
+            return self._exit_for_requeue(save=self.checkpointer.latest() is None)
         while self.step < train.steps:
             row, stop = self.train_step(self.step)
             self.step += 1
             if self.validator and not stop and (self.step % train.eval_interval == 0 or self.step == train.steps):
                 row["valid_loss"] = self.validate()
             self.metrics.log(row)
-            if stop or (train.save_interval and self.step % train.save_interval == 0):
-                self.save()
-                last_saved = self.step
             if stop:
-                return self._exit_for_requeue()
+                return self._exit_for_requeue(save=True)
+            if train.save_interval and self.step % train.save_interval == 0 and self.step < train.steps:
+                self.save(blocking=False)  # in the background; the next save waits for it
+                last_saved = self.step
         if last_saved != self.step or self.checkpointer.latest() is None:
-            self.save()
+            self.save(blocking=True)
+        self.checkpointer.wait(raise_error=True)
         if self.rank == 0:
             self.run_dir.write_exit_status("completed", step=self.step)
             self.metrics.say(plot_curves(self.run_dir, f"{self.job.recipe}/{self.job.preset}: {self.run_dir.path.name}"))
@@ -155,10 +166,18 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() > 0
 
-    def _exit_for_requeue(self) -> int:
-        self.metrics.say(
-            f"[mimo-toolkit] {self.ctx.stop_signal or 'stop'} received: saved step {self.step}, exiting for requeue"
-        )
+    def _exit_for_requeue(self, save: bool) -> int:
+        """Save (waiting for a save in flight first), mark the run preempted, exit 75. A save
+        that fails leaves the previous checkpoint, which the requeued job resumes."""
+        saved = "nothing new to save"
+        try:
+            if save:
+                self.save(blocking=True)
+                saved = f"saved step {self.step}"
+            self.checkpointer.wait(raise_error=True)
+        except RuntimeError as exc:
+            saved = str(exc)
+        self.metrics.say(f"[mimo-toolkit] {self.ctx.stop_signal or 'stop'} received: {saved}, exiting for requeue")
         if self.rank == 0:
             self.run_dir.write_exit_status("preempted", step=self.step)
         return EXIT_REQUEUE
@@ -172,7 +191,7 @@ class Trainer:
             wrapper.finish_grad_sync()
         self._sync_tied_embeddings()
         consensus = step_consensus(
-            self.optimizers, self.module_names, self.counted, out.loss_sum, out.loss_tokens,
+            self.optimizers, self.module_names, out.loss_sum, out.loss_tokens,
             self.ctx.stop_requested.is_set(),
             (self.bridge.stats.forward_bytes, self.bridge.stats.backward_bytes), self.ctx.device,
         )
@@ -228,19 +247,44 @@ class Trainer:
         if weight is not None and weight.requires_grad:
             dist.all_reduce(weight.main_grad, group=pgc.embd)
 
-    def save(self) -> None:
-        self.checkpointer.save(
-            self.step,
-            consumed_samples=self.step * self.job.train.global_batch_size,
-            extra={"config_hash": self.job.config_hash()},
-        )
+    def save(self, blocking: bool) -> None:
+        meta = {
+            "consumed_samples": self.step * self.job.train.global_batch_size,
+            "config_hash": self.job.config_hash(),
+            "config": self.job.to_dict(),
+        }
+        self.checkpointer.save(self.step, meta, blocking=blocking)
 
     def resume(self) -> int:
+        """Load the newest checkpoint (any layout wrote it); the data position is its step."""
         meta = self.checkpointer.load_latest()
         if meta is None:
             return 0
-        self.metrics.say(f"[mimo-toolkit] resumed from step {meta['step']} ({meta['consumed_samples']} samples consumed)")
+        rng = "" if meta["rng_restored"] else "; RNG states re-seeded (the layout changed; no dropout, so no effect)"
+        self.metrics.say(f"[mimo-toolkit] resumed from step {meta['step']} "
+                         f"({meta['consumed_samples']} samples consumed){rng}")
+        if self.rank == 0:
+            _drop_metrics_after(self.run_dir, int(meta["step"]))
         return int(meta["step"])
+
+
+def _drop_metrics_after(run_dir: RunDir, step: int) -> None:
+    """Rows of steps after the checkpoint (a run that died before its next save) are redone."""
+    rows = run_dir.read_metrics()
+    kept = [r for r in rows if r["step"] <= step]
+    if len(kept) != len(rows):
+        tmp = run_dir.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(run_dir.metrics_file)
+
+
+def ddp_config(distributed_optimizer: bool):
+    """megatron-core's data-parallel settings (the CPU wrapper reads the sharding flag too)."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=distributed_optimizer
+    )
 
 
 def _lr_now(job: JobConfig, step: int) -> float:
