@@ -135,7 +135,7 @@ def _fake_checkpoint(rd: RunDir, step: int, config: dict, files: dict[str, bytes
 
 
 CONFIG = {"model": {"llm": {"num_layers": 2, "vocab_size": 320}}, "train": {"steps": 10, "seed": 1},
-          "layout": {"deployment_mode": "colocated", "module_parallelisms": {"llm": {"tensor_parallel": 2}}},
+          "layout": {"deployment_mode": "colocated", "module_parallelisms": {"llm": {"tp": 2}}},
           "freeze": {}, "cluster": {"nodes": 1}}
 
 
@@ -151,7 +151,7 @@ def _changed(**sets) -> dict:
 
 
 def test_resume_guard_classifies_changes():
-    ok = classify_changes(CONFIG, _changed(train__steps=20, layout__module_parallelisms__llm__tensor_parallel=1,
+    ok = classify_changes(CONFIG, _changed(train__steps=20, layout__module_parallelisms__llm__tp=1,
                                            cluster__nodes=4, layout__deployment_mode="heterogeneous"))
     assert len(ok.resumable) == 4 and not ok.incompatible and not ok.other
     bad = classify_changes(CONFIG, _changed(model__llm__num_layers=4, freeze__vision=True, train__seed=2))

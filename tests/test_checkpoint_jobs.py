@@ -60,8 +60,11 @@ def test_distributed_optimizer_equals_the_replicated_one_at_dp2(sharded_dp2, ref
     assert (sharded_dp2.run_dir.checkpoint_dir / "latest").read_text().strip() == "step-00000010"
 
 
-def test_distributed_optimizer_colocated_vision_dp2_llm_tp2(tmp_path, colocated):
-    run = run_job(tmp_path, "llava", sets=["train.steps=10", SHARDED])
+def test_distributed_optimizer_and_recompute_colocated_vision_dp2_llm_tp2(tmp_path, colocated):
+    """The distributed optimizer with full recompute of the LLM and selective recompute of the
+    ViT: the same losses as neither (10 steps, 1e-6)."""
+    run = run_job(tmp_path, "llava", sets=["train.steps=10", SHARDED, "train.recompute.llm=full",
+                                           "train.recompute.vision=selective"])
     assert run.returncode == 0, run.output[-3000:]
     assert_same_losses(run.losses, colocated.losses, tol=1e-6)
     assert_sharded_bytes(run, colocated, {"vision": 2, "llm": 1})
@@ -85,7 +88,7 @@ def test_resume_on_other_layouts_continues_the_reference(tmp_path, sharded_dp2, 
     optimizer, then one process (node count and world size). Steps 6-10 equal the reference."""
     rd = checkpoint_at(sharded_dp2.run_dir, 5, tmp_path)
     legs = [(7, ["layout.llm.tp=2"]),
-            (9, ["layout.llm.tp=1", "layout.llm.pp=2", SHARDED]),
+            (9, ["layout.llm.tp=1", "layout.llm.pp=2", SHARDED, "train.recompute.llm=selective"]),
             (10, [*HOMOGENEOUS_TP1, "cluster.procs_per_node=1"])]
     resumed_from = 5
     for steps, layout in legs:

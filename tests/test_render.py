@@ -451,10 +451,13 @@ def test_readme_documents_every_template_variable():
 def test_write_job_refuses_another_configs_run_dir(tmp_path):
     write_job(resolve_job("llava", "tiny"), "slurm", tmp_path)
     write_job(resolve_job("llava", "tiny"), "slurm", tmp_path)  # the same config again is fine
-    with pytest.raises(UserError, match="already holds a run of another config"):
-        write_job(resolve_job("llava", "tiny", sets=["train.steps=7"]), "slurm", tmp_path)
-    write_job(resolve_job("llava", "tiny", sets=["train.steps=7"]), "slurm", tmp_path, force=True)
-    assert load_manifest(RunDir(tmp_path).read_job()).config.train.steps == 7
+    write_job(resolve_job("llava", "tiny", sets=["train.steps=7"]), "slurm", tmp_path)  # resumable change
+    with pytest.raises(UserError, match=r"changed settings \(train.seed: 1234 -> 7\)"):
+        write_job(resolve_job("llava", "tiny", sets=["train.seed=7"]), "slurm", tmp_path)
+    with pytest.raises(UserError, match=r"another model \(model.llm.num_layers: 2 -> 4\)"):
+        write_job(resolve_job("llava", "tiny", sets=["model.llm.num_layers=4"]), "slurm", tmp_path, force=True)
+    write_job(resolve_job("llava", "tiny", sets=["train.seed=7"]), "slurm", tmp_path, force=True)
+    assert load_manifest(RunDir(tmp_path).read_job()).config.train.seed == 7
     assert (tmp_path / "logs").is_dir() and os.access(tmp_path / SBATCH_SCRIPT, os.X_OK)
     assert not (tmp_path / TORCHX_CONFIG).exists()
 

@@ -186,8 +186,8 @@ class Backend(ABC):
 def write_files(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool = False) -> list[Path]:
     """Write a request's files (scripts executable) and ``logs/``; returns their paths.
 
-    Refuses a run directory that holds another config's job.json (its checkpoints would be
-    resumed by the wrong job) unless ``force``.
+    Refuses a run directory whose checkpoint (or job.json) this config should not continue:
+    another model always, other changed settings unless ``force`` (``checkpoints.check_run_dir``).
     """
     rd = RunDir(request.run_dir)
     _check_run_dir(rd, resolved, force)
@@ -208,18 +208,11 @@ def write_files(request: LaunchRequest, resolved: "ResolvedJob", *, force: bool 
 
 
 def _check_run_dir(rd: RunDir, resolved: "ResolvedJob", force: bool) -> None:
-    if force or not rd.job_file.exists():
-        return
-    try:
-        old = json.loads(rd.job_file.read_text()).get("config_hash")
-    except (OSError, ValueError, AttributeError):
-        old = None
-    new = resolved.config.config_hash()
-    if old != new:
-        raise UserError(
-            f"{rd.path} already holds a run of another config ({old}, this one is {new}); "
-            "use another directory or --force"
-        )
+    """The resume guard (``mimo_toolkit.checkpoints``): a run directory's checkpoint (or job.json)
+    may be continued by a config that differs only in what a checkpoint survives."""
+    from ..checkpoints import check_run_dir
+
+    check_run_dir(rd, resolved.config.to_dict(), force)
 
 
 def exit_code_of_run(rd: RunDir, state: str) -> int:

@@ -14,6 +14,8 @@ from .values import check_ranges, check_scheduler_strings
 
 #: Ids the built-in byte tokenizer uses (runtime/datasets/tokenizers.py: 3 specials + 256 bytes).
 BYTE_TOKENIZER_IDS = 259
+#: ``train.recompute.<module>`` values (runtime/model/recompute.py).
+RECOMPUTE_MODES = ("none", "selective", "full")
 #: The synthetic dataset's text ids start here (runtime/datasets/synthetic.py, after PAD/BOS/EOS).
 SYNTHETIC_FIRST_TOKEN = 3
 
@@ -56,6 +58,11 @@ def _check_modules(job: JobConfig) -> None:
             raise UserError(f"layout.special_token_ids has no placeholder id for {name!r}")
     if all(job.is_frozen(part) for part in valid):
         raise UserError("freeze: every module and projector is frozen; there is nothing to train")
+    for name, mode in job.train.recompute.items():
+        if name not in job.model:
+            raise UserError(f"train.recompute.{name}: unknown module; valid: {', '.join(job.model)}")
+        if mode not in RECOMPUTE_MODES:
+            raise UserError(f"train.recompute.{name}={mode!r}: expected one of {', '.join(RECOMPUTE_MODES)}")
 
 
 def _check_arch(name: str, arch: TransformerArch) -> None:

@@ -96,6 +96,7 @@ RANGES: dict[tuple[type, str], Range] = {
     (TrainConfig, "clip_grad"): Range(0, note="0 disables clipping"),
     # Seeds feed torch.Generator.manual_seed(seed * 1_000_003 + index); 32 bits keep that in range.
     (TrainConfig, "seed"): Range(0, 2**32 - 1),
+    (TrainConfig, "lr_decay_steps"): POSITIVE,
     (TrainConfig, "save_interval"): Range(0, note="0 saves only at the end"),
     (TrainConfig, "keep_checkpoints"): Range(0, note="0 keeps all"),
     (TrainConfig, "eval_interval"): Range(0, note="0 never evaluates during training"),

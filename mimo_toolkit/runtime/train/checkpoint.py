@@ -126,7 +126,7 @@ class Checkpointer:
         par = self.job.layout.module_parallelisms[name]
         c = par.coordinates(self.rank)
         vocab = self.job.language_model.vocab_size if name == self.job.layout.language_module else None
-        return module_placements(part, c["tp"], par.tensor_parallel, c["pp"], vocab)
+        return module_placements(part, c["tp"], par.tp, c["pp"], vocab)
 
     def _agreed(self, decide) -> bool:
         """Rank 0's answer, on every rank (the file system may lag on other nodes)."""

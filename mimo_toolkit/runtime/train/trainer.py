@@ -32,6 +32,7 @@ from ..parallel.bridge import make_bridge
 from ..parallel.distributed import DistContext
 from ..parallel.p2p import P2P
 from .checkpoint import Checkpointer
+from .memory_probe import MemoryProbe
 from .engine import Engine
 from .metrics import MetricsLog, device_peak, model_flops_per_step, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
@@ -58,6 +59,8 @@ class Trainer:
         self.rank = ctx.rank
         layout = job.layout
         self.backward = backward_modules(job)
+
+        self.memory = MemoryProbe(ctx.device)  # from here on: what the planner's memory model predicts
 
         # Model: per-module grids and process groups, this rank's modules, data parallelism.
         self.provider = MimoModelProvider.from_job(job)
@@ -146,12 +149,15 @@ class Trainer:
             self.step += 1
             if self.validator and not stop and (self.step % train.eval_interval == 0 or self.step == train.steps):
                 row["valid_loss"] = self.validate()
-            self.metrics.log(row)
             if stop:
+                self.metrics.log(row)
                 return self._exit_for_requeue(save=True)
             if train.save_interval and self.step % train.save_interval == 0 and self.step < train.steps:
+                started = time.perf_counter()
                 self.save(blocking=False)  # in the background; the next save waits for it
+                row["checkpoint_s"] = time.perf_counter() - started  # how long training waited
                 last_saved = self.step
+            self.metrics.log(row)
         if last_saved != self.step or self.checkpointer.latest() is None:
             self.save(blocking=True)
         self.checkpointer.wait(raise_error=True)
@@ -204,6 +210,7 @@ class Trainer:
             for opt in self.optimizers.values():
                 opt.skip()
         times = slowest_times(out.times, self.time_keys, self.ctx.device)
+        memory = self._peak_memory()
         step_time = time.perf_counter() - start
         tokens = self.job.train.global_batch_size * self.job.train.seq_length
         row = {
@@ -220,10 +227,19 @@ class Trainer:
             "module_time_s": times,
             "bridge_bytes": consensus.bridge_bytes,
             "skipped": not consensus.finite,
+            "peak_memory_bytes": memory,
         }
         if self.bad_samples is not None:
             row["bad_samples"] = self.bad_samples
         return row, consensus.stop
+
+    def _peak_memory(self) -> dict[str, int]:
+        """Every rank's peak memory so far (``MemoryProbe``), by rank."""
+        mine = self.memory.peak_bytes()
+        every = [torch.zeros(1, dtype=torch.float64) for _ in range(self.ctx.world_size)]
+        dist.all_gather(every, torch.tensor([-1.0 if mine is None else float(mine)], dtype=torch.float64),
+                        group=self.checkpointer.group)
+        return {str(r): int(v.item()) for r, v in enumerate(every) if v.item() >= 0}
 
     def validate(self) -> float:
         """Mean per-token loss over the whole validation split (forward only, this layout)."""
