@@ -193,9 +193,9 @@ class Trainer:
         for wrapper in self.model.data_parallel.values():
             wrapper.zero_grad_buffer()
         out = self.engine.run_step(step)
-        for wrapper in self.model.data_parallel.values():
+        self._sync_tied_embeddings()  # before the data-parallel reduction: a sharded one leaves
+        for wrapper in self.model.data_parallel.values():  # only each rank's slice valid
             wrapper.finish_grad_sync()
-        self._sync_tied_embeddings()
         consensus = step_consensus(
             self.optimizers, self.module_names, out.loss_sum, out.loss_tokens,
             self.ctx.stop_requested.is_set(),
