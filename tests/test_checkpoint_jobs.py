@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dist_support import HOMOGENEOUS_TP1, kill_group, run_job, start_job, wait_for_step, write_job
+from dist_support import HOMOGENEOUS_TP1, kill_group, run_job, start_job, write_job
 from test_runtime import assert_same_losses
 
 from mimo_toolkit.run_dir import RunDir
@@ -146,7 +146,7 @@ def wait_for_tmp(run_dir: Path, name: str, proc, timeout: float = 180) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"job ended early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
         time.sleep(0.05)
-    raise AssertionError(f"{tmp} never appeared")
+    raise AssertionError(f"{index} never appeared")
 
 
 # ---- bad input: one line, exit 2, before any process group ----------------------------------------

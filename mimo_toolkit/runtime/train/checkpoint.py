@@ -99,7 +99,7 @@ class Pending:
     """A save in flight."""
 
     step: int
-    thread: threading.Thread
+    thread: threading.Thread | None = None
     error: BaseException | None = None
 
 
@@ -136,7 +136,7 @@ class Checkpointer:
 
     def _frozen_store_name(self) -> str:
         """``frozen-<hash of the frozen parameters' keys>``: the same for every layout."""
-        keys = sorted(f"{m}/{k}" for m, k, _ in self._frozen_params())
+        keys = sorted(f"{m}/{k}" for m, k in self._frozen_params())
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, keys, group=self.group)
         digest = hashlib.sha256(json.dumps(sorted(set(sum(everyone, [])))).encode()).hexdigest()[:12]
@@ -146,7 +146,7 @@ class Checkpointer:
         for module, part in self.parts.items():
             for name, param in part.named_parameters():
                 if not param.requires_grad:
-                    yield module, self.placements[module][name].key, (name, param)
+                    yield module, self.placements[module][name].key
 
     # ---- the state, as DCP sees it ------------------------------------------------------------
     def model_state(self, trained: bool) -> dict:
@@ -187,15 +187,14 @@ class Checkpointer:
             for stale in self.root.glob(".tmp-*"):  # a crash mid-save left it; nothing writes there now
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier(group=self.group)
-        started = time.perf_counter()
         frozen = None if self.frozen_saved else staged(self.model_state(trained=False))
         state = staged(self.training_state())
         meta = {**meta, "step": step, "world_size": dist.get_world_size(), "frozen": self.frozen_name,
                 "layout": self._layout_now()}
-        self.stall_s = time.perf_counter() - started
-        self.pending = Pending(step, threading.Thread(name=f"checkpoint-{step}", daemon=True))
-        self.pending.thread.run = lambda p=self.pending: self._write(p, state, frozen, tmp, final, meta)
-        self.pending.thread.start()
+        pending = self.pending = Pending(step)
+        pending.thread = threading.Thread(target=self._write, args=(pending, state, frozen, tmp, final, meta),
+                                          name=f"checkpoint-{step}", daemon=True)
+        pending.thread.start()
         if blocking or not self.async_save:
             self.wait(raise_error=True)
 
