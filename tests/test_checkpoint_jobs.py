@@ -58,6 +58,7 @@ def test_distributed_optimizer_equals_the_replicated_one_at_dp2(sharded_dp2, ref
     assert_same_losses(sharded_dp2.losses, reference.losses, tol=1e-6)
     assert_sharded_bytes(sharded_dp2, reference, {"vision": 2, "llm": 2})
     assert (sharded_dp2.run_dir.checkpoint_dir / "latest").read_text().strip() == "step-00000010"
+    assert "checkpoint of step" not in sharded_dp2.output  # no save failed (step 5's ran beside steps 6-7)
 
 
 def test_distributed_optimizer_and_recompute_colocated_vision_dp2_llm_tp2(tmp_path, colocated):

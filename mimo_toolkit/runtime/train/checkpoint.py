@@ -115,7 +115,7 @@ class Checkpointer:
         self.keep = job.train.keep_checkpoints
         self.async_save = async_save
         self.rank = dist.get_rank()
-        self.group = dist.new_group(backend="gloo", timeout=SAVE_TIMEOUT)
+        self.group = dist.new_group(backend="gloo", timeout=SAVE_TIMEOUT)  # the save thread's own: no other use
         self.placements = {name: self._placements(name, part) for name, part in parts.items()}
         self.pending: Pending | None = None
         self.frozen_name = self._frozen_store_name()
@@ -289,14 +289,13 @@ def _load(state: dict, path: Path, group) -> None:
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """DCP wraps every rank's failure in one CheckpointException: the first real one (a
-    UserError about the checkpoint, an OSError such as a full disk)."""
-    if isinstance(exc, CheckpointException):
-        for failure in exc.failures.values():
-            inner = failure[0] if isinstance(failure, tuple) else failure
-            if isinstance(inner, (UserError, OSError)):
-                return inner
-    return exc
+    """DCP wraps every rank's failure in one CheckpointException: the first that says what
+    went wrong (a UserError about the checkpoint, an OSError such as a full disk), else the
+    first."""
+    if not isinstance(exc, CheckpointException):
+        return exc
+    inner = [f[0] if isinstance(f, tuple) else f for f in exc.failures.values()]
+    return next((e for e in inner if isinstance(e, (UserError, OSError))), inner[0] if inner else exc)
 
 
 def _write_meta(directory: Path, meta: dict) -> None:

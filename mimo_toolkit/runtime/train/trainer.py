@@ -121,8 +121,7 @@ class Trainer:
     def _report_optimizer_state(self) -> None:
         """One line on rank 0: each module's optimizer state bytes on each of its ranks."""
         mine = [float(self.optimizers[m].state_bytes()) if m in self.optimizers else -1.0 for m in self.module_names]
-        every = [torch.zeros(len(mine), dtype=torch.float64) for _ in range(self.ctx.world_size)]
-        dist.all_gather(every, torch.tensor(mine, dtype=torch.float64), group=self.checkpointer.group)
+        every = _gather_floats(mine, self.ctx)
         table = {m: {r: int(v[i]) for r, v in enumerate(every) if v[i] >= 0} for i, m in enumerate(self.module_names)}
         kind = "distributed" if self.sharded else "replicated"
         self.metrics.say(f"[mimo-toolkit] optimizer state bytes per rank ({kind}): {json.dumps(table)}")
@@ -236,10 +235,8 @@ class Trainer:
     def _peak_memory(self) -> dict[str, int]:
         """Every rank's peak memory so far (``MemoryProbe``), by rank."""
         mine = self.memory.peak_bytes()
-        every = [torch.zeros(1, dtype=torch.float64) for _ in range(self.ctx.world_size)]
-        dist.all_gather(every, torch.tensor([-1.0 if mine is None else float(mine)], dtype=torch.float64),
-                        group=self.checkpointer.group)
-        return {str(r): int(v.item()) for r, v in enumerate(every) if v.item() >= 0}
+        every = _gather_floats([-1.0 if mine is None else float(mine)], self.ctx)
+        return {str(r): int(v[0]) for r, v in enumerate(every) if v[0] >= 0}
 
     def validate(self) -> float:
         """Mean per-token loss over the whole validation split (forward only, this layout)."""
@@ -282,6 +279,15 @@ class Trainer:
         if self.rank == 0:
             _drop_metrics_after(self.run_dir, int(meta["step"]))
         return int(meta["step"])
+
+
+def _gather_floats(values: list[float], ctx: DistContext) -> list[list[float]]:
+    """Every rank's ``values``, in rank order, over the world group (never the checkpoint
+    group: a background save runs its collectives there)."""
+    mine = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    every = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(every, mine)
+    return [t.tolist() for t in every]
 
 
 def _drop_metrics_after(run_dir: RunDir, step: int) -> None:
