@@ -1,7 +1,7 @@
 """``mimo-toolkit export RUN_DIR OUT_DIR``: the run's newest checkpoint as Hugging Face checkpoints.
 
 The checkpoint's shards (any TP/PP layout) are merged into full tensors by
-``inference.load_model`` (``reshard.merge_shards``, the one API that reads checkpoints),
+``inference.load_model`` (``reshard.module_state_dict``, the one API that reads checkpoints),
 converted by the inverse of each import rule (:mod:`.hf_convert`) and written as
 safetensors with a config.json per directory (:mod:`mimo_toolkit.hf.export` decides which
 directories and classes). Tokenizer files (``data.tokenizer``) and the preprocessing

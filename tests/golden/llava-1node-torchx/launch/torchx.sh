@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 66bde416b2c3
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 284e3c504eea
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

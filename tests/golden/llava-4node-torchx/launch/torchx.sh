@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config ae8bbee7aa2e
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config cb936e58b5af
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #
