@@ -41,14 +41,24 @@ def param_seed(seed: int, module_name: str, canonical: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def state_tensors(module: torch.nn.Module):
+    """``(local name, tensor)`` of what a checkpoint holds: every parameter and every persistent
+    floating-point buffer (e.g. the audio encoder's position table, which a Whisper import fills)."""
+    yield from module.named_parameters()
+    for name, buf in module.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        if buf.is_floating_point() and leaf not in module.get_submodule(owner)._non_persistent_buffers_set:
+            yield name, buf
+
+
 def canonical_names(module: torch.nn.Module) -> dict[str, str]:
-    """Local parameter name -> name with global (PP-independent) layer numbers."""
+    """Local parameter (and persistent buffer) name -> name with global (PP-independent) layer numbers."""
     layer_prefix: dict[str, str] = {}
     for name, mod in module.named_modules():
         if isinstance(mod, TransformerLayer):
             layer_prefix[name] = re.sub(r"layers\.\d+$", f"layers.{mod.layer_number - 1}", name)
     out = {}
-    for name, _ in module.named_parameters():
+    for name, _ in state_tensors(module):
         canonical = name
         for local, glob in layer_prefix.items():
             if name.startswith(local + "."):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.init import _VOCAB_PARAMS, canonical_names
+from ..model.init import _VOCAB_PARAMS, canonical_names, state_tensors
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]
 """(offsets, sizes) of an axis-aligned block of a tensor."""
@@ -147,7 +147,7 @@ def placement(key: str, param: torch.Tensor, tp_rank: int, tp_size: int, vocab: 
 
 def module_placements(part: torch.nn.Module, tp_rank: int, tp_size: int, pp_rank: int,
                       vocab: int | None) -> dict[str, Placement]:
-    """Local parameter name -> placement, for one module's stage on this rank.
+    """Local parameter (and persistent buffer) name -> placement, for one module's stage on this rank.
 
     A tied output layer on the last pipeline stage (megatron-core's ``shared_embedding``
     copy) is the embedding table: it gets the embedding's key, so both stages offer the same
@@ -155,7 +155,7 @@ def module_placements(part: torch.nn.Module, tp_rank: int, tp_size: int, pp_rank
     """
     names = canonical_names(part)
     out = {}
-    for name, param in part.named_parameters():
+    for name, param in state_tensors(part):
         key = names[name]
         if getattr(param, "shared_embedding", False) and pp_rank > 0:
             key = "embedding.word_embeddings.weight"

@@ -50,6 +50,7 @@ from ...checkpoints import LATEST, META, step_name
 from ...errors import UserError
 from ...run_dir import RunDir, write_json_atomic
 from . import dcp_io
+from ..model.init import state_tensors
 from .canonical import Placement, module_placements
 from .dcp_io import Boxes
 
@@ -151,13 +152,15 @@ class Checkpointer:
     # ---- the state, as DCP sees it ------------------------------------------------------------
     def model_state(self, trained: bool) -> dict:
         """``model/<module>/<key>`` boxes of this rank's trained (or frozen) weights: views of
-        the parameters themselves."""
+        the tensors themselves. Persistent buffers count as trained (saved at every step: they
+        are small, and nothing promises they stay constant)."""
         state = {}
         for module, part in self.parts.items():
-            for name, param in part.named_parameters():
-                if param.requires_grad == trained:
+            for name, tensor in state_tensors(part):
+                with_steps = tensor.requires_grad or not isinstance(tensor, torch.nn.Parameter)
+                if with_steps == trained:
                     pl = self.placements[module][name]
-                    state[f"model/{module}/{pl.key}"] = _boxes(pl, param.data.view(-1), param.dtype)
+                    state[f"model/{module}/{pl.key}"] = _boxes(pl, tensor.detach().view(-1), tensor.dtype)
         return state
 
     def optimizer_state(self) -> dict:
