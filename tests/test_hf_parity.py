@@ -114,6 +114,8 @@ def test_llava_parity_at_every_layout(tmp_path, checkpoints):
     hetero = load_records(tmp_path / "heterogeneous")
     assert hetero[0]["modules"] == ["vision"] and "llm" not in hetero[0]["numel"]
     assert hetero[1]["modules"] == ["llm"] and "vision" not in hetero[1]["numel"]
+    # each rank read only the modules it holds (an encoder-only rank never touches the LLM's tensors)
+    assert set(hetero[0]["read_numel"]) == {"vision"} and set(hetero[1]["read_numel"]) == {"llm"}, [r["read_numel"] for r in hetero]
 
 
 def _logit_rows(records):
