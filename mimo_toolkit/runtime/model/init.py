@@ -1,12 +1,20 @@
-"""Layout-independent weight initialisation.
+"""Layout-independent weight initialisation, drawn shard by shard.
 
 megatron-core initialises weights from the global RNG in construction order, so a model
 built with PP=2 (each stage builds only its layers) or with modules on other ranks starts
-from different numbers than the same model with PP=1. Here every parameter is drawn from its
-own generator, seeded by ``(seed, module, canonical name)``, as the FULL unsharded tensor,
-then sliced to this rank's tensor-parallel shard exactly as megatron-core's CPU
-initialisation slices it (``partition_dim``, ``partition_stride``). The canonical name uses
-global layer numbers, so stage 2 of PP=2 gets the same weights layer 3 has under PP=1.
+from different numbers than the same model with PP=1. Here every parameter's FULL tensor is
+defined independently of the layout, and each rank draws only the part it holds:
+
+* the tensor is cut along its tensor-parallel partition dim (dim 0 for parameters megatron-
+  core does not split) into blocks of :data:`BLOCK` indices;
+* block ``b`` is ``normal(0, 1)`` from its own generator, seeded by ``(seed, module,
+  canonical name, b)``;
+* a rank draws the blocks that overlap its tensor-parallel shard (megatron-core's CPU split:
+  ``partition_dim``, ``partition_stride``) and keeps the overlap, so a TP rank of a 1B model
+  draws about 1/tp of it instead of all of it (``scripts/bench_speed.py init``).
+
+The canonical name uses global layer numbers, so stage 2 of PP=2 gets the same weights layer
+3 has under PP=1.
 
 Rules (megatron-core's defaults): biases 0; normalisation weights 1; everything else
 normal(0, std), with std / sqrt(2 * num_layers) for the two output projections of each
@@ -27,6 +35,9 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 _NORM_TYPES: tuple[type, ...] = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
 _VOCAB_PARAMS = ("embedding.word_embeddings.weight", "output_layer.weight")
 _SCALED = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+#: Indices along the partition dim per independently seeded block (a fixed part of the
+#: definition of every weight: changing it changes every initial weight).
+BLOCK = 64
 
 
 def _is_norm(module: torch.nn.Module) -> bool:
@@ -36,8 +47,8 @@ def _is_norm(module: torch.nn.Module) -> bool:
     return name.endswith(("LayerNorm", "RMSNorm")) or name in {"TENorm", "WrappedTorchNorm"}
 
 
-def param_seed(seed: int, module_name: str, canonical: str) -> int:
-    digest = hashlib.sha256(f"{seed}/{module_name}/{canonical}".encode()).digest()
+def param_seed(seed: int, module_name: str, canonical: str, block: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{module_name}/{canonical}/{block}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -75,6 +86,36 @@ def shard(full: torch.Tensor, dim: int, stride: int, rank: int, world: int) -> t
     return torch.cat(chunks[rank::world], dim=dim)
 
 
+def shard_ranges(size: int, stride: int, rank: int, world: int) -> list[range]:
+    """The index ranges along the partition dim that :func:`shard` gives ``rank``, in order."""
+    per = size // world // stride
+    return [range(k * per, (k + 1) * per) for k in range(rank, world * stride, world)]
+
+
+def draw_rows(shape: list[int], dim: int, logical: int, ranges: list[range], seed_of) -> torch.Tensor:
+    """Indices ``ranges`` (along ``dim``) of a tensor of ``shape`` whose first ``logical``
+    indices are drawn block by block (``seed_of(b)`` seeds block ``b``) and the rest are 0."""
+    parts, blocks = [], {}
+    for wanted in ranges:
+        for b in range(wanted.start // BLOCK, -(-wanted.stop // BLOCK)):
+            lo, hi = max(wanted.start, b * BLOCK), min(wanted.stop, (b + 1) * BLOCK)
+            block_shape = list(shape)
+            block_shape[dim] = hi - lo
+            if b * BLOCK >= logical:
+                parts.append(torch.zeros(block_shape))
+                continue
+            if b not in blocks:
+                drawn_shape = list(shape)
+                drawn_shape[dim] = min((b + 1) * BLOCK, logical) - b * BLOCK
+                blocks[b] = torch.randn(drawn_shape, generator=torch.Generator().manual_seed(seed_of(b)))
+            drawn = blocks[b].narrow(dim, lo - b * BLOCK, max(0, min(hi, logical) - lo))
+            parts.append(drawn)
+            if hi > logical:  # the block that crosses the end of the true vocabulary
+                block_shape[dim] = hi - max(lo, logical)
+                parts.append(torch.zeros(block_shape))
+    return torch.cat(parts, dim=dim)
+
+
 @torch.no_grad()
 def init_module(
     module: torch.nn.Module,
@@ -107,21 +148,16 @@ def init_module(
             param.fill_(1.0)
             continue
         canonical = names[name]
-        sharded = bool(getattr(param, "tensor_model_parallel", False)) and tp_size > 1
-        dim = getattr(param, "partition_dim", 0)
+        partitioned = bool(getattr(param, "tensor_model_parallel", False))
+        dim = getattr(param, "partition_dim", 0) if partitioned else 0
         full_shape = list(param.shape)
-        if sharded:
+        if partitioned and tp_size > 1:
             full_shape[dim] *= tp_size
-        draw_shape = list(full_shape)
+            ranges = shard_ranges(full_shape[dim], getattr(param, "partition_stride", 1), tp_rank, tp_size)
+        else:
+            ranges = [range(full_shape[dim])]
         is_vocab = vocab_size is not None and canonical.endswith(_VOCAB_PARAMS)
-        if is_vocab:
-            draw_shape[0] = vocab_size
+        logical = vocab_size if is_vocab else full_shape[dim]
         sigma = std / math.sqrt(2.0 * num_layers) if canonical.endswith(_SCALED) else std
-        gen = torch.Generator().manual_seed(param_seed(seed, module_name, canonical))
-        full = torch.randn(draw_shape, generator=gen, dtype=torch.float32) * sigma
-        if is_vocab and draw_shape[0] < full_shape[0]:
-            pad = torch.zeros([full_shape[0] - draw_shape[0], *full_shape[1:]])
-            full = torch.cat([full, pad], dim=0)
-        if sharded:
-            full = shard(full, dim, getattr(param, "partition_stride", 1), tp_rank, tp_size)
-        param.copy_(full.to(dtype=param.dtype, device=param.device))
+        mine = draw_rows(full_shape, dim, logical, ranges, lambda b: param_seed(seed, module_name, canonical, b))
+        param.copy_((mine * sigma).to(dtype=param.dtype, device=param.device))
