@@ -261,6 +261,11 @@ class DataConfig:
     """Samples in the synthetic dataset."""
     on_bad_sample: Literal["skip", "stop"] = "skip"
     """A sample that cannot be loaded is skipped and counted, or stops the run."""
+    num_workers: int = 2
+    """Worker processes per rank that read, decode and collate whole steps ahead of
+    training (0: in the training process)."""
+    prefetch: int = 2
+    """Steps each data worker prepares ahead."""
 
 
 @dataclass(kw_only=True)

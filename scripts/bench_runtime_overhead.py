@@ -44,6 +44,7 @@ DEFAULT_SETS = [
     "model.llm.hidden_size=256", "model.llm.ffn_hidden_size=1024", "model.llm.num_layers=4",
     "model.vision.hidden_size=128", "model.vision.ffn_hidden_size=512", "model.vision.num_layers=4",
     "train.seq_length=128", "train.micro_batch_size=4", "train.global_batch_size=16",
+    "data.num_workers=0",  # both load their batches in the training process
 ]
 
 

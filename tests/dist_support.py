@@ -50,19 +50,21 @@ def torchrun_cmd(config: Path, run_dir: Path, nproc: int) -> list[str]:
                          module_args=train_args(str(config), str(run_dir)), monitor_interval=0.2)
 
 
-def run_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), timeout: float = 300, nodes=None) -> JobRun:
-    """Train to completion (or failure) and return what happened."""
+def run_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), timeout: float = 300, nodes=None,
+            env: dict | None = None) -> JobRun:
+    """Train to completion (or failure) and return what happened; ``env`` adds variables."""
     config, world = write_job(run_dir, recipe, preset, sets, nodes)
     start = time.monotonic()
     proc = subprocess.run(torchrun_cmd(config, run_dir, world), capture_output=True, text=True, timeout=timeout,
-                          env=_env())
+                          env=_env(env))
     return JobRun(RunDir(run_dir), proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
 
 
-def start_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), nodes=None) -> subprocess.Popen:
+def start_job(run_dir: Path, recipe: str, preset: str = "tiny", sets=(), nodes=None,
+              env: dict | None = None) -> subprocess.Popen:
     config, world = write_job(run_dir, recipe, preset, sets, nodes)
     return subprocess.Popen(torchrun_cmd(config, run_dir, world), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=_env(), start_new_session=True)
+                            text=True, env=_env(env), start_new_session=True)
 
 
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -78,8 +80,8 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
-def _env() -> dict:
-    env = dict(os.environ)
+def _env(extra: dict | None = None) -> dict:
+    env = {**os.environ, **(extra or {})}
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 

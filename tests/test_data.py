@@ -19,6 +19,7 @@ from mimo_toolkit.errors import UserError
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.runtime.datasets import build_dataset, build_file_dataset
 from mimo_toolkit.runtime.datasets.batching import ReplicaData, ValidationData, sample_index
+from mimo_toolkit.runtime.datasets.loader import StepLoader
 from mimo_toolkit.runtime.datasets.llava_json import DataError
 from mimo_toolkit.runtime.datasets.media import load_image, log_mel, mel_band_edges, mel_filterbank
 from mimo_toolkit.runtime.datasets.tokenizers import ByteTokenizer, load_tokenizer
@@ -289,3 +290,44 @@ def test_synthetic_validation_split_is_distinct_from_training():
     train, valid = build_dataset(job), build_dataset(job, "valid")
     assert len(valid) == 256
     assert train.get(0, ()).sample_id == "synthetic-0" and valid.get(0, ()).sample_id == "synthetic-4096"
+
+
+# ---- the step loader (worker processes) ----------------------------------------------------------
+
+
+def _same_step(a, b) -> bool:
+    texts = all(torch.equal(x.input_ids, y.input_ids) and torch.equal(x.loss_mask, y.loss_mask)
+                and x.placeholders == y.placeholders for x, y in zip(a.texts, b.texts, strict=True))
+    media = all(torch.equal(x.items, y.items) and x.tokens_per_sample == y.tokens_per_sample
+                for m in a.media for x, y in zip(a.media[m], b.media[m], strict=True))
+    return texts and media and a.media.keys() == b.media.keys()
+
+
+def test_worker_processes_load_exactly_the_inline_batches_and_resume_anywhere(tmp_path, media):
+    """Images decoded in 2 worker processes, 2 steps ahead each: the same step batches as
+    loading in the training process, in order, and a loader started at step 5 (a resumed
+    run) gives step 5 of the uninterrupted one."""
+    records = [{"id": f"s{i}", "image": ["red.png", "wide.png"][i % 2], "conversations": turn("<image>Q?", f"A{i}")}
+               for i in range(12)]
+    job = job_for("llava", write_json(tmp_path / "d.json", records))
+    job.layout.finalize(2)
+    source = ReplicaData(build_file_dataset(job), job, {"llm": 0, "vision": 1})
+    workers = StepLoader(source, stop=9, workers=2, prefetch=2, pin_memory=False)
+    inline = StepLoader(source, stop=9, workers=0, prefetch=1, pin_memory=False)
+    for step in range(3, 9):
+        assert _same_step(workers.step(step), inline.step(step)), step
+    resumed = StepLoader(source, stop=9, workers=2, prefetch=2, pin_memory=False)
+    assert _same_step(resumed.step(5), source.step(5))
+    assert _same_step(resumed.step(6), source.step(6))
+    assert _same_step(resumed.step(2), source.step(2))  # out of order: restarts there
+
+
+def test_a_worker_error_is_the_same_one_line_error(tmp_path, media):
+    data = write_json(tmp_path / "d.json", [{"id": "t", "image": "red.png", "conversations": turn("<image>", "A")}])
+    job = job_for("llava", data, "data.on_bad_sample=stop")
+    job.layout.finalize(2)
+    source = ReplicaData(build_file_dataset(job), job, {"llm": 0, "vision": 0})
+    (tmp_path / "red.png").write_bytes((tmp_path / "red.png").read_bytes()[:60])  # truncated after the check
+    with pytest.raises(DataError, match="^sample t: cannot decode") as err:
+        StepLoader(source, stop=3, workers=1, prefetch=1, pin_memory=False).step(0)
+    assert "\n" not in str(err.value) and "DataLoader" not in str(err.value), repr(str(err.value))

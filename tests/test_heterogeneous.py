@@ -2,6 +2,10 @@
 
 Each layout must reproduce the homogeneous run's losses: the bridge's DP fan-in/fan-out, the
 TP leader/broadcast, the pipelined schedule and the gradient path back must all be exact.
+The layouts with point-to-point messages run with ``MIMO_P2P_RENDEZVOUS=1``: every boundary
+waits for its sends, and gloo completes a send only once its receive is posted, so these
+runs execute the step programs under the rendezvous semantics NCCL imposes (test_schedule.py
+replays the same programs without processes).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mimo_toolkit.runtime.train.schedule import build_schedule
 pytestmark = pytest.mark.slow
 
 STEPS = ["train.steps=6"]
+RENDEZVOUS = {"MIMO_P2P_RENDEZVOUS": "1"}
 
 
 def hetero(procs: int, **modules: str) -> list[str]:
@@ -40,21 +45,21 @@ def llava_ref(tmp_path_factory):
 
 
 def test_vision_rank0_llm_rank1(tmp_path, llava_ref):
-    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")])
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")], env=RENDEZVOUS)
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, llava_ref)
     assert all(row["bridge_bytes"]["backward"] > 0 for row in run.metrics)
 
 
 def test_vision_dp2_llm_tp2_on_four_ranks(tmp_path, llava_ref):
-    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(4, vision="1,1,2,0", llm="2,1,1,2")])
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(4, vision="1,1,2,0", llm="2,1,1,2")], env=RENDEZVOUS)
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, llava_ref)
 
 
 def test_fan_out_vision_dp1_llm_dp2(tmp_path, llava_ref):
     """One encoder replica feeds two LLM replicas (and gets both gradients back)."""
-    run = run_job(tmp_path, "llava", sets=[*STEPS, "train.micro_batch_size=1", *hetero(3, vision="1,1,1,0", llm="1,1,2,1")])
+    run = run_job(tmp_path, "llava", sets=[*STEPS, "train.micro_batch_size=1", *hetero(3, vision="1,1,1,0", llm="1,1,2,1")], env=RENDEZVOUS)
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, llava_ref)
 
@@ -65,7 +70,7 @@ def test_llm_pp2_matches_pp1(tmp_path, llava_ref, mode):
         sets = hetero(3, vision="1,1,1,0", llm="1,2,1,1")
     else:
         sets = ["layout.llm.tp=1", "layout.llm.pp=2"]
-    run = run_job(tmp_path, "llava", sets=[*STEPS, *sets])
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *sets], env=RENDEZVOUS)
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, llava_ref)
 
@@ -77,6 +82,7 @@ def test_multi_encoder_each_module_on_its_own_ranks(tmp_path_factory):
         tmp_path_factory.mktemp("me-het"),
         "multi_encoder",
         sets=[*STEPS, *hetero(3, vision="1,1,1,0", audio="1,1,1,1", llm="1,1,1,2")],
+        env=RENDEZVOUS,
     )
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, ref)

@@ -288,9 +288,11 @@ def micro_batch_counts(job: JobConfig) -> dict[str, float]:
 
 def communication_in_timings(job: JobConfig, machine: Machine) -> dict[str, float]:
     """Per module, the seconds per step of communication the runtime's forward/backward timers
-    include (waits on receives excluded): TP collectives and pipeline sends of every
-    micro-batch, and an encoder's share of the colocated bridge. Taken off measured module
-    times so that the fitted rates are compute only, whatever layout was timed."""
+    include: TP collectives of every micro-batch and a colocated encoder's forward all-to-all.
+    Point-to-point transfers (pipeline, heterogeneous bridge) and the colocated bridge's
+    gradient all-to-all bring an operation its inputs and are booked as its wait
+    (``runtime/train/clock.py``), so they are not taken off. Taken off measured module times
+    so that the fitted rates are compute only, whatever layout was timed."""
     problem = make_problem(job, machine, job.cluster.nodes or 1, job.cluster.procs_per_node)
     layout, mode = job.layout, job.layout.deployment_mode
     micro_batches = job.train.global_batch_size // (job.train.micro_batch_size * layout.language.dp)
@@ -299,11 +301,11 @@ def communication_in_timings(job: JobConfig, machine: Machine) -> dict[str, floa
     for w in problem.modules:
         m = layout.module_parallelisms[w.name]
         samples = job.train.micro_batch_size * layout.language.dp // m.dp
-        comm = module_comm_s(problem, w, m.tp, m.cp, m.pp, m.dp,
-                             samples, False, math.inf)
+        comm = module_comm_s(problem, w, m.tp, m.cp, m.pp, m.dp, samples, False, math.inf, pipeline_sends=False)
         out[w.name] = micro_batches * comm
         if not w.is_language and mode != "heterogeneous":
-            out[w.name] += encoder_bridge_s(problem, mode, w, grids[w.name], grids[problem.language], micro_batches)
+            out[w.name] += encoder_bridge_s(problem, mode, w, grids[w.name], grids[problem.language], micro_batches,
+                                            gradient=False)
     return out
 
 

@@ -91,9 +91,10 @@ def estimate_module(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, 
 
 
 def module_comm_s(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp: int, micro_samples: int,
-                  recompute: bool, rate: float) -> float:
+                  recompute: bool, rate: float, pipeline_sends: bool = True) -> float:
     """Communication inside one micro-batch of a module shard on its heaviest stage: TP
-    collectives, CP ring steps beyond the attention they hide behind, PP sends."""
+    collectives, CP ring steps beyond the attention they hide behind, PP sends (unless not
+    ``pipeline_sends``)."""
     mach, gpn = problem.machine, problem.gpus_per_node
     tokens = micro_samples * w.tokens / cp
     forward_passes = 2 if recompute else 1
@@ -116,7 +117,7 @@ def module_comm_s(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp
         attention = micro_samples * w.flops.attention / w.layers / (tp * cp) / rate
         exposed = forward_passes * max(0.0, ring - attention) + backward_passes * max(0.0, 2 * ring - 2 * attention)
         comm += layers * exposed
-    if pp > 1:
+    if pp > 1 and pipeline_sends:
         msg = tokens * w.hidden * problem.act_bytes / tp
         comm += (forward_passes + backward_passes) * (msg / mach.bandwidth(tp * cp * dp * pp > gpn) + lat)
     return comm
@@ -165,28 +166,36 @@ def bridge_s(problem: Problem, mode: str, sizes: Sequence[GridSize], micro_batch
 
 
 def encoder_bridge_s(problem: Problem, mode: str, w: ModuleWork, enc: GridSize, lm: GridSize,
-                     micro_batches: int) -> float:
-    """One encoder's bridge per step.
+                     micro_batches: int, gradient: bool = True) -> float:
+    """One encoder's bridge per step (the gradient's way back only with ``gradient``).
 
     heterogeneous: as many links as the smaller side has ranks, one message per micro-batch,
     direction and fan-in/fan-out chunk. colocated and homogeneous: per micro-batch, an
-    all-gather of the micro-batch's embeddings (and of their token counts) over the encoder's
-    dp group, and for a trained encoder an all-reduce of their fp32 gradient over its ranks.
+    all-to-all over the encoder's dp group that gives every first-stage LLM rank its
+    replica's embeddings, and for a trained encoder one over all its ranks that brings each
+    encoder replica its samples' gradients from their one holder per LLM replica.
     """
     mach = problem.machine
     bandwidth, lat = mach.bandwidth(problem.world > problem.gpus_per_node), mach.latency_s
     step_bytes = problem.global_batch * w.out_tokens * problem.llm.hidden
+    trains = w.trains and gradient
     if mode == "heterogeneous":
-        links, directions = min(enc.tp * enc.dp, lm.tp * lm.cp * lm.dp), (2 if w.trains else 1)
+        links, directions = min(enc.tp * enc.dp, lm.tp * lm.cp * lm.dp), (2 if trains else 1)
         fan = max(enc.dp, lm.dp) // min(enc.dp, lm.dp)
         volume = step_bytes * problem.act_bytes * directions
         return volume / (links * bandwidth) + micro_batches * directions * fan * lat
-    micro_bytes = step_bytes / micro_batches
-    per_micro = allgather_s(micro_bytes * problem.act_bytes, enc.dp, bandwidth, lat)
-    per_micro += allgather_s(8 * problem.global_batch / micro_batches, enc.dp, bandwidth, lat)
-    if w.trains:
-        per_micro += allreduce_s(micro_bytes * 4, enc.tp * enc.cp * enc.dp, bandwidth, lat)
+    micro = step_bytes / micro_batches * problem.act_bytes
+    per_micro = alltoall_s(micro / enc.dp * lm.tp * lm.cp, micro / lm.dp, enc.dp, bandwidth, lat)
+    if trains:
+        per_micro += alltoall_s(micro / lm.dp * enc.tp * enc.cp, micro / enc.dp, enc.tp * enc.cp * enc.dp, bandwidth, lat)
     return micro_batches * per_micro
+
+
+def alltoall_s(send_bytes: float, recv_bytes: float, n: int, bandwidth: float, latency: float) -> float:
+    """An all-to-all over ``n`` ranks where the busiest rank sends and receives these bytes."""
+    if n <= 1:
+        return 0.0
+    return max(send_bytes, recv_bytes) / bandwidth + (n - 1) * latency
 
 
 def step_collectives_s(problem: Problem) -> float:

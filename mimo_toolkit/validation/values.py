@@ -103,6 +103,8 @@ RANGES: dict[tuple[type, str], Range] = {
     # A collective waiting longer than a day is a hang; timedelta and the stores need a bound.
     (TrainConfig, "timeout_s"): Range(5, 86400),
     (DataConfig, "num_samples"): POSITIVE,
+    (DataConfig, "num_workers"): Range(0, note="0 loads in the training process"),
+    (DataConfig, "prefetch"): POSITIVE,
     (ClusterConfig, "nodes"): POSITIVE,
     (ClusterConfig, "procs_per_node"): POSITIVE,
     (ClusterConfig, "gpus_per_node"): Range(0, note="0 is a CPU job"),

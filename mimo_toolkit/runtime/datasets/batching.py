@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -22,8 +23,13 @@ from .sample import PAD_ID, MimoDataset, Sample
 def sample_index(position: int, length: int, seed: int) -> int:
     """Dataset index of the ``position``-th sample consumed (reshuffled every epoch)."""
     epoch, offset = divmod(position, length)
-    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
-    return int(order[offset])
+    return int(_epoch_order(length, seed, epoch)[offset])
+
+
+@lru_cache(maxsize=2)
+def _epoch_order(length: int, seed: int, epoch: int) -> torch.Tensor:
+    """One epoch's shuffle, drawn once (not once per sample)."""
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class TextBatch:
     def num_loss_tokens(self) -> int:
         return int(self.loss_mask.sum().item())
 
+    def pin_memory(self) -> "TextBatch":
+        return TextBatch(self.input_ids.pin_memory(), self.labels.pin_memory(), self.loss_mask.pin_memory(),
+                         self.placeholders)
+
 
 @dataclass
 class MediaBatch:
@@ -73,6 +83,9 @@ class MediaBatch:
 
     items: torch.Tensor  # [n_items, ...]
     tokens_per_sample: list[int]
+
+    def pin_memory(self) -> "MediaBatch":
+        return MediaBatch(self.items.pin_memory(), self.tokens_per_sample)
 
 
 def collate_text(samples: Sequence[Sample], seq_length: int, special_ids: dict[str, int]) -> TextBatch:
@@ -94,6 +107,21 @@ def collate_text(samples: Sequence[Sample], seq_length: int, special_ids: dict[s
 def collate_media(samples: Sequence[Sample], name: str, tokens_per_item: int) -> MediaBatch:
     items = [s.media[name] for s in samples]
     return MediaBatch(torch.cat(items, dim=0), [t.shape[0] * tokens_per_item for t in items])
+
+
+@dataclass
+class StepBatch:
+    """Everything one rank's modules read in one step, per micro-batch."""
+
+    texts: list[TextBatch] | None
+    """The LLM replica's text slices (None on ranks without the LLM)."""
+    media: dict[str, list[MediaBatch]]
+    """Encoder module -> its replica's media slices."""
+
+    def pin_memory(self) -> "StepBatch":
+        """Page-locked copies (what DataLoader's ``pin_memory`` calls), for asynchronous copies to a GPU."""
+        texts = [t.pin_memory() for t in self.texts] if self.texts is not None else None
+        return StepBatch(texts, {m: [b.pin_memory() for b in batches] for m, batches in self.media.items()})
 
 
 class ReplicaData:
@@ -122,6 +150,14 @@ class ReplicaData:
     def media(self, module: str, step: int, microbatch: int) -> MediaBatch:
         samples = self._samples(module, step, microbatch, (module,))
         return collate_media(samples, module, self.job.model[module].tokens_per_sample)
+
+    def step(self, step: int) -> StepBatch:
+        """This rank's whole step: the LLM's texts and each encoder's media, per micro-batch."""
+        mbs = range(self.geometry.num_microbatches)
+        lm = self.job.layout.language_module
+        texts = [self.text(step, mb) for mb in mbs] if lm in self.replica_of else None
+        media = {m: [self.media(m, step, mb) for mb in mbs] for m in self.replica_of if m != lm}
+        return StepBatch(texts, media)
 
 
 class ValidationData(ReplicaData):

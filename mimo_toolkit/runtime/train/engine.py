@@ -1,6 +1,10 @@
-"""One optimizer step's forward and backward passes on this rank, following its schedule.
+"""One optimizer step's forward and backward passes on this rank, following its step program.
 
-For each operation of this rank's list (``mimo_toolkit.runtime.train.schedule``):
+The program (``plan.py``, placed by ``rendezvous.py``) interleaves this rank's operations
+(``schedule.py``) with boundaries: before each operation the engine posts the boundary's
+sends (outputs of earlier operations, kept in an outbox) and receives (into buffers sized
+from this step's data), then the operation waits for its own inputs only, runs, and puts
+its outputs in the outbox. For each operation:
 
 * ``F(encoder)``: encode this replica's media slice and hand the projected embeddings to the
   bridge; keep them for the backward if the encoder or its projector trains.
@@ -12,15 +16,14 @@ For each operation of this rank's list (``mimo_toolkit.runtime.train.schedule``)
   of loss tokens of the WHOLE global batch, so gradients sum to those of the global mean.
 * ``B(...)``: the reverse, sending activation gradients back along the same paths.
 
-An Engine with no backward modules (validation: the forward-only lists of
-``build_schedule(layout, m, backward=set())``) runs under ``torch.no_grad``, on the same
+An Engine with no backward modules (validation: the forward-only program of
+``step_programs(layout, m, backward=set())``) runs under ``torch.no_grad``, on the same
 layout, bridge and data path as training.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -28,10 +31,12 @@ import torch
 import torch.distributed as dist
 
 from ...config import JobConfig
-from ..datasets.batching import ReplicaData, TextBatch
+from ..datasets.batching import StepBatch, TextBatch
 from ..model.specs import ENCODER_KEY
 from ..parallel.loss import vocab_parallel_cross_entropy
 from ..parallel.p2p import P2P
+from .clock import OpClock
+from .plan import Message, StepProgram
 from .schedule import Op
 
 #: keyword argument of each encoder kind's forward
@@ -67,142 +72,166 @@ class StepOutput:
     loss_tokens: int = 0
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     """'<module>/fwd' and '<module>/bwd' seconds of compute on this rank, and '<module>/wait':
-    seconds its operations spent blocked on data from other ranks."""
+    seconds its operations spent getting their inputs from other ranks (``clock.py``)."""
 
 
 class Engine:
-    def __init__(self, job: JobConfig, model, pgcs: dict, bridge, p2p: P2P, data: ReplicaData,
-                 backward_modules: set[str], ops: list[Op], device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, job: JobConfig, model, pgcs: dict, bridge, p2p: P2P, data, backward_modules: set[str],
+                 program: StepProgram, device: torch.device, dtype: torch.dtype) -> None:
         self.job = job
         self.model = model
         self.pgcs = pgcs
         self.bridge = bridge
         self.p2p = p2p
         self.data = data
+        """Gives :class:`StepBatch` es by step index (``datasets/loader.py``)."""
         self.backward = backward_modules
-        self.ops = ops
+        self.program = program
         self.device = device
         self.dtype = dtype
         self.lm = job.layout.language_module
         self.layout = job.layout
-        self.rank = dist.get_rank()
-        lm_par = self.layout.language
-        self.lm_coords = lm_par.coordinates(self.rank)
+        self.last_stage = self.layout.language.pp - 1
         self.hidden = job.language_model.hidden_size
+        self.clock = OpClock(device)
+        lm_coords = self.layout.language.coordinates(dist.get_rank())
+        self.counts_loss = lm_coords is not None and lm_coords["tp"] == 0
 
     # ---- the step ---------------------------------------------------------------------------
     def run_step(self, step: int) -> StepOutput:
         self.out = StepOutput()
         self.bridge.stats.forward_bytes = self.bridge.stats.backward_bytes = 0
         self.state: dict = {}
-        self.step = step
-        self.texts = self._load_texts(step)
+        self.batch: StepBatch = self.data.step(step)
+        self.bridge.begin_step(self.batch.texts)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.loss_scale = self._global_loss_tokens()
         with torch.no_grad() if not self.backward else contextlib.nullcontext():
-            self._run_ops()
+            self._run_program()
         self.p2p.wait_sends()
         self.bridge.end_step()
         self.state.clear()
+        self.out.times = self.clock.totals()
+        self.out.loss_sum = float(self.loss_sum)  # the step's only host synchronisation here
         return self.out
 
-    def _run_ops(self) -> None:
-        for op in self.ops:
-            start, waited = time.perf_counter(), self.p2p.wait_s
-            if op.kind == "F":
-                self._forward(op)
-            else:
-                self._backward(op)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            wait = self.p2p.wait_s - waited
-            self.out.times[f"{op.module}/{'fwd' if op.kind == 'F' else 'bwd'}"] += time.perf_counter() - start - wait
-            self.out.times[f"{op.module}/wait"] += wait
+    def _run_program(self) -> None:
+        program, outbox = self.program, {}
+        self.clock.begin_step()
+        for k, op in enumerate(program.ops):
+            self.clock.start()
+            self._post(k, outbox)
+            inputs = {m: self.p2p.take(m) for m in program.inputs[k]}
+            run = self._forward if op.kind == "F" else self._backward
+            outbox.update(run(op, inputs, program.outputs[k]))
+            self.clock.stop(op.module, "fwd" if op.kind == "F" else "bwd")
+        self._post(len(program.ops), outbox)
 
-    def _load_texts(self, step: int) -> list[TextBatch] | None:
-        if self.lm_coords is None:
-            return None
-        return [self.data.text(step, mb) for mb in range(self.data.geometry.num_microbatches)]
+    def _post(self, k: int, outbox: dict[Message, torch.Tensor]) -> None:
+        """Post boundary ``k``: outputs waiting in the outbox, and buffers for inputs."""
+        boundary = self.program.boundaries[k]
+        sends = [(m, outbox.pop(m)) for m in boundary.sends]
+        self.p2p.exchange(sends, [(m, self._buffer(m)) for m in boundary.receives])
 
-    def _global_loss_tokens(self) -> float:
-        """Loss tokens in the whole global batch (sum over LLM replicas)."""
-        if self.texts is None:
-            return 1.0
-        local = torch.tensor([float(sum(t.num_loss_tokens for t in self.texts))], device=self.device)
+    def _buffer(self, m: Message) -> torch.Tensor:
+        if m.channel.startswith("pipe"):
+            shape = (self.job.train.seq_length, self.job.train.micro_batch_size, self.hidden)
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        if m.channel == "bridge_fwd":
+            return self.bridge.forward_buffer(m, self.batch.texts[m.microbatch])
+        return self.bridge.backward_buffer(m, self.batch.media[m.route.module][m.microbatch])
+
+    def _global_loss_tokens(self) -> torch.Tensor:
+        """Loss tokens in the whole global batch (sum over LLM replicas), on the device."""
+        if self.batch.texts is None:
+            return torch.ones((), device=self.device)
+        local = torch.tensor([float(sum(t.num_loss_tokens for t in self.batch.texts))], device=self.device)
         dist.all_reduce(local, group=self.pgcs[self.lm].dp_cp)
-        return max(local.item(), 1.0)
+        return local.clamp_min(1.0)
 
     # ---- forward ---------------------------------------------------------------------------
-    def _forward(self, op: Op) -> None:
+    # Each operation takes its received inputs and the messages it must fill, calls
+    # ``self.clock.ready()`` once its inputs are complete (after the bridge's broadcast or
+    # all-to-all), and returns (message, tensor) pairs for the outbox.
+    def _forward(self, op: Op, inputs: dict[Message, torch.Tensor], outputs: list[Message]) -> list:
         if op.module != self.lm:
-            self._encoder_forward(op.module, op.microbatch)
-        else:
-            self._llm_forward(op.stage, op.microbatch)
+            return self._encoder_forward(op, outputs)
+        return self._llm_forward(op, inputs, outputs)
 
-    def _encoder_forward(self, module: str, mb: int) -> None:
-        media = self.data.media(module, self.step, mb)
-        embeddings = encode(self.model, self.job, module, media.items.to(self.device, self.dtype))
-        self.bridge.send_forward(module, mb, embeddings, media)
+    def _encoder_forward(self, op: Op, outputs: list[Message]) -> list:
+        module, mb = op.module, op.microbatch
+        media = self.batch.media[module][mb]
+        self.clock.ready()
+        embeddings = encode(self.model, self.job, module, media.items.to(self.device, self.dtype, non_blocking=True))
         if module in self.backward:
-            self.state[(module, mb)] = (embeddings, media)
+            self.state[(module, mb)] = embeddings
+        return self.bridge.send_forward(module, mb, embeddings, media, outputs)
 
-    def _llm_forward(self, stage: int, mb: int) -> None:
-        text = self.texts[mb]
+    def _llm_forward(self, op: Op, inputs: dict, messages: list[Message]) -> list:
+        stage, mb = op.stage, op.microbatch
+        text = self.batch.texts[mb]
         lm = self.model.language_model
         needs_grad = self.lm in self.backward
         if stage == 0:
             received = {}
             for enc in self.layout.encoder_names:
-                emb = self.bridge.recv_forward(enc, mb, text).to(self.dtype)
+                parts = [t for m, t in inputs.items() if m.route.module == enc]
+                emb = self.bridge.embeddings(enc, mb, text, parts).to(self.dtype)
                 received[enc] = emb.detach().requires_grad_(enc in self.backward)
+            self.clock.ready()
             combined = decoder_input(self.model, self.job, text.input_ids.to(self.device), received)
             output = lm(input_ids=None, position_ids=None, attention_mask=None, decoder_input=combined)
-            inputs = received
+            saved = received
         else:
-            shape = (self.job.train.seq_length, self.job.train.micro_batch_size, self.hidden)
-            x = self.p2p.recv(shape, self.dtype, self.device, self._stage_rank(stage - 1), "pipe_fwd", tag=mb)
+            (x,) = inputs.values()
+            self.clock.ready()
             x.requires_grad_(needs_grad)
             lm.set_input_tensor(x)
             output = lm(input_ids=None, position_ids=None, attention_mask=None)
-            inputs = x
-        if stage == self.layout.language.pp - 1:
+            saved = x
+        outputs = []
+        if stage == self.last_stage:
             output = self._loss(output, text)
         else:
-            self.p2p.send(output.detach(), self._stage_rank(stage + 1), "pipe_fwd", tag=mb)
+            outputs = [(m, output.detach()) for m in messages]
         if needs_grad:
-            self.state[(self.lm, mb)] = (inputs, output)
+            self.state[(self.lm, mb)] = (saved, output)
+        return outputs
 
     def _loss(self, logits: torch.Tensor, text: TextBatch) -> torch.Tensor:
-        labels = text.labels.to(self.device)
-        mask = text.loss_mask.to(self.device)
+        labels = text.labels.to(self.device, non_blocking=True)
+        mask = text.loss_mask.to(self.device, non_blocking=True)
         per_token = vocab_parallel_cross_entropy(logits, labels, self.job.language_model.vocab_size, self.pgcs[self.lm].tp)
         loss_sum = (per_token * mask).sum()
-        if self.lm_coords["tp"] == 0:
-            self.out.loss_sum += loss_sum.item()
-            self.out.loss_tokens += int(mask.sum().item())
+        if self.counts_loss:
+            self.loss_sum += loss_sum.detach()
+            self.out.loss_tokens += text.num_loss_tokens  # counted on the host from the host's mask
         return loss_sum / self.loss_scale
 
-    def _stage_rank(self, stage: int) -> int:
-        c = self.lm_coords
-        return self.layout.language.rank_at(tp=c["tp"], cp=c["cp"], dp=c["dp"], pp=stage)
-
     # ---- backward ----------------------------------------------------------------------------
-    def _backward(self, op: Op) -> None:
+    def _backward(self, op: Op, inputs: dict, messages: list[Message]) -> list:
+        mb = op.microbatch
         if op.module != self.lm:
-            embeddings, media = self.state.pop((op.module, op.microbatch))
-            grad = self.bridge.recv_backward(op.module, op.microbatch, media)
+            media = self.batch.media[op.module][mb]
+            grad = self.bridge.gradient(op.module, mb, media, list(inputs.values()))
+            self.clock.ready()
+            embeddings = self.state.pop((op.module, mb))
             if embeddings.requires_grad:  # False where the replica had no media (no forward ran)
                 torch.autograd.backward(embeddings, grad.to(embeddings.dtype))
-            return
-        stage, mb = op.stage, op.microbatch
-        inputs, output = self.state.pop((self.lm, mb))
-        if stage == self.layout.language.pp - 1:
+            return []
+        saved, output = self.state.pop((self.lm, mb))
+        if op.stage == self.last_stage:
+            self.clock.ready()
             torch.autograd.backward(output)
         else:
-            grad = self.p2p.recv(output.shape, output.dtype, self.device, self._stage_rank(stage + 1), "pipe_bwd", tag=mb)
+            (grad,) = inputs.values()
+            self.clock.ready()
             torch.autograd.backward(output, grad)
-        if stage > 0:
-            self.p2p.send(inputs.grad, self._stage_rank(stage - 1), "pipe_bwd", tag=mb)
-            return
-        for enc, emb in inputs.items():
+        if op.stage > 0:
+            return [(m, saved.grad) for m in messages]
+        outputs = []
+        for enc, emb in saved.items():
             if enc in self.backward:
-                self.bridge.send_backward(enc, mb, emb.grad, self.texts[mb])
+                mine = [m for m in messages if m.route.module == enc]
+                outputs += self.bridge.send_backward(enc, mb, emb.grad, self.batch.texts[mb], mine)
+        return outputs

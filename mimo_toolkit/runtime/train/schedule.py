@@ -30,6 +30,8 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ...config import JobConfig
+from ...errors import UserError
 from ...layout import MimoParallelismConfig
 
 Role = tuple[str, int]  # (module, pipeline stage)
@@ -140,3 +142,14 @@ class _Simulation:
 def build_schedule(layout: MimoParallelismConfig, microbatches: int, backward: set[str]) -> dict[frozenset[Role], list[Op]]:
     """Operation list of every distinct role set (ranks with the same roles share a list)."""
     return _Simulation(layout, microbatches, backward).run()
+
+
+def backward_modules(job: JobConfig) -> set[str]:
+    """Modules whose backward must run: trained encoders, and the LLM when anything trains."""
+    trained_encoders = {
+        name for name in job.encoders if not (job.is_frozen(name) and job.is_frozen(f"{name}_projector"))
+    }
+    llm = job.layout.language_module
+    if not job.is_frozen(llm) or trained_encoders:
+        return trained_encoders | {llm}
+    raise UserError("freeze: every module and projector is frozen; there is nothing to train")

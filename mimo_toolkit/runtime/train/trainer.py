@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 
 from ...config import JobConfig
-from ...errors import UserError
 from ...run_dir import EXIT_REQUEUE, RunDir
 from ..datasets import build_dataset
 from ..datasets.batching import BatchGeometry, ReplicaData, ValidationData
+from ..datasets.loader import make_loader
 from ..eval.plot import plot_curves
 from ..model import recompute
 from ..model.provider import MimoModelProvider, _module_parts
@@ -36,19 +36,9 @@ from .memory_probe import MemoryProbe
 from .engine import Engine
 from .metrics import MetricsLog, device_peak, model_flops_per_step, slowest_times
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
-from .schedule import build_schedule, roles_of_rank
+from .rendezvous import step_programs
+from .schedule import backward_modules
 from .trackers import open_trackers
-
-
-def backward_modules(job: JobConfig) -> set[str]:
-    """Modules whose backward must run: trained encoders, and the LLM when anything trains."""
-    trained_encoders = {
-        name for name in job.encoders if not (job.is_frozen(name) and job.is_frozen(f"{name}_projector"))
-    }
-    llm = job.layout.language_module
-    if not job.is_frozen(llm) or trained_encoders:
-        return trained_encoders | {llm}
-    raise UserError("freeze: every module and projector is frozen; there is nothing to train")
 
 
 class Trainer:
@@ -78,24 +68,24 @@ class Trainer:
         self.geometry = BatchGeometry.of(job)
         self.p2p = P2P(ctx.backend, ctx.timeout)
         self.bridge = make_bridge(
-            layout, self.p2p, self.pgcs, self.geometry.micro_batch, job.language_model.hidden_size, self.dtype, ctx.device
+            layout, self.pgcs, self.geometry.micro_batch, job.language_model.hidden_size, self.dtype, ctx.device
         )
         replica_of = {name: layout.module_parallelisms[name].coordinates(self.rank)["dp"] for name in self.parts}
         dataset = build_dataset(job)
         self.bad_samples: int | None = getattr(dataset, "bad_samples", None)  # file datasets count them
         self.bad_report = dataset.bad_report() if self.bad_samples else ""
-        self.data = ReplicaData(dataset, job, replica_of)
-        roles = roles_of_rank(layout, self.rank)
-        self.ops = build_schedule(layout, self.geometry.num_microbatches, self.backward)[roles]
+        self.data = make_loader(ReplicaData(dataset, job, replica_of), job.train.steps, ctx.device)
+        program = step_programs(layout, self.geometry.num_microbatches, self.backward, self.geometry.micro_batch)[self.rank]
         self.engine = Engine(
-            job, self.model, self.pgcs, self.bridge, self.p2p, self.data, self.backward, self.ops, ctx.device, self.dtype
+            job, self.model, self.pgcs, self.bridge, self.p2p, self.data, self.backward, program, ctx.device, self.dtype
         )
         self.validator = None
         if job.train.eval_interval:
-            forward_ops = build_schedule(layout, self.geometry.num_microbatches, backward=set())[roles]
-            valid = ValidationData(build_dataset(job, "valid"), job, replica_of)
+            forward = step_programs(layout, self.geometry.num_microbatches, set(), self.geometry.micro_batch)[self.rank]
+            self.valid_data = ValidationData(build_dataset(job, "valid"), job, replica_of)
+            valid = make_loader(self.valid_data, self.valid_data.steps, ctx.device)
             self.validator = Engine(
-                job, self.model, self.pgcs, self.bridge, self.p2p, valid, set(), forward_ops, ctx.device, self.dtype
+                job, self.model, self.pgcs, self.bridge, self.p2p, valid, set(), forward, ctx.device, self.dtype
             )
         self.checkpointer = Checkpointer(run_dir, job, self.parts, self.optimizers, job.train.async_save)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
@@ -241,7 +231,7 @@ class Trainer:
     def validate(self) -> float:
         """Mean per-token loss over the whole validation split (forward only, this layout)."""
         loss_sum, tokens = 0.0, 0
-        for k in range(self.validator.data.steps):
+        for k in range(self.valid_data.steps):
             out = self.validator.run_step(k)
             loss_sum, tokens = loss_sum + out.loss_sum, tokens + out.loss_tokens
         totals = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=self.ctx.device)

@@ -1,0 +1,101 @@
+"""This rank's step batches, prepared in worker processes ahead of the step that needs them.
+
+A step's data is a pure function of the step index (``batching.py``), so the loader is a
+``torch.utils.data.DataLoader`` over step indices: ``data.num_workers`` processes each build
+whole steps (read files, decode images, compute log-mels, collate), ``data.prefetch`` steps
+ahead per worker, in order; on CUDA the batches come in pinned memory so the copies to the
+device do not block. Nothing about the data position is state: a resumed run starts the
+loader at its first step and gets exactly the batches the uninterrupted run got, and
+``num_workers=0`` loads the same batches in the training process.
+
+An exception in a worker (``data.on_bad_sample=stop`` meeting an undecodable file) is
+re-raised in the training process as the same exception, so it stays a one-line error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .batching import ReplicaData, StepBatch
+
+
+class _Failure:
+    """An exception raised while building a step in a worker, carried to the trainer."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Steps(Dataset):
+    def __init__(self, source: ReplicaData) -> None:
+        self.source = source
+
+    def __getitem__(self, step: int) -> StepBatch | _Failure:
+        try:
+            return self.source.step(step)
+        except Exception as exc:  # noqa: BLE001 - carried to the trainer and raised there
+            return _Failure(exc)
+
+
+class _From(Sampler):
+    """Step indices ``start, start + 1, ...`` (before ``stop``)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class StepLoader:
+    """``step(t)`` returns this rank's :class:`StepBatch` of step ``t``; asked for steps in
+    order it takes them from workers that are already ahead, otherwise (the first step,
+    or another split's) it restarts there."""
+
+    def __init__(self, source: ReplicaData, stop: int, workers: int, prefetch: int, pin_memory: bool) -> None:
+        self.source = source
+        self.stop = stop
+        self.workers = workers
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
+        self._iter: Iterator | None = None
+        self._next = -1
+
+    def _start(self, step: int) -> None:
+        self.close()
+        extra = {"prefetch_factor": self.prefetch, "persistent_workers": False} if self.workers else {}
+        loader = DataLoader(_Steps(self.source), batch_size=None, sampler=_From(step, self.stop),
+                            num_workers=self.workers, pin_memory=self.pin_memory, collate_fn=_identity, **extra)
+        self._iter = iter(loader)
+        self._next = step
+
+    def step(self, step: int) -> StepBatch:
+        if self._iter is None or step != self._next:
+            self._start(step)
+        batch = next(self._iter)
+        self._next += 1
+        if isinstance(batch, _Failure):
+            self.close()
+            raise batch.exc
+        return batch
+
+    def close(self) -> None:
+        """Stop the workers (the next ``step`` starts new ones)."""
+        self._iter = None  # DataLoader's iterator shuts its workers down when collected
+        self._next = -1
+
+
+def _identity(batch):
+    return batch
+
+
+def make_loader(source: ReplicaData, stop: int, device: torch.device) -> StepLoader:
+    """The loader a job's ``data`` section asks for, ``source``'s steps before ``stop``."""
+    data = source.job.data
+    return StepLoader(source, stop, data.num_workers, data.prefetch, pin_memory=device.type == "cuda")
