@@ -90,7 +90,7 @@ class P2PBridge(_Bridge):
 
     def gradient(self, module: str, mb: int, media: MediaBatch, parts: list[torch.Tensor]) -> torch.Tensor:
         """This replica's embedding gradient: the leader's received chunks, broadcast over TP."""
-        return self._join(parts, sum(media.tokens_per_sample), self.pgcs[module].tp)
+        return self._join(module, parts, sum(media.tokens_per_sample))
 
     # ---- LLM side ------------------------------------------------------------------------
     def forward_buffer(self, message, text: TextBatch) -> torch.Tensor:
@@ -98,7 +98,7 @@ class P2PBridge(_Bridge):
 
     def embeddings(self, module: str, mb: int, text: TextBatch, parts: list[torch.Tensor]) -> torch.Tensor:
         """This LLM replica's embeddings of ``module``: the leader's chunks, broadcast over TP."""
-        return self._join(parts, sum(text.placeholders[module]), self.pgcs[self.layout.language_module].tp)
+        return self._join(self.layout.language_module, parts, sum(text.placeholders[module]))
 
     def send_backward(self, module: str, mb: int, grad: torch.Tensor, text: TextBatch, messages) -> list:
         out = []
@@ -109,8 +109,10 @@ class P2PBridge(_Bridge):
             out.append((m, chunk))
         return out
 
-    def _join(self, parts: list[torch.Tensor], total: int, tp: dist.ProcessGroup) -> torch.Tensor:
-        if tp.rank() == 0:
+    def _join(self, module: str, parts: list[torch.Tensor], total: int) -> torch.Tensor:
+        """The module leader's received chunks, broadcast to the rest of its TP group."""
+        par, tp = self.layout.module_parallelisms[module], self.pgcs[module].tp
+        if self.rank == leader(par, par.coordinates(self.rank)["dp"]):
             joined = torch.cat(parts) if parts else self._empty(0)
         else:
             joined = self._empty(total)
