@@ -10,15 +10,20 @@ loader at its first step and gets exactly the batches the uninterrupted run got,
 
 An exception in a worker (``data.on_bad_sample=stop`` meeting an undecodable file) is
 re-raised in the training process as the same exception, so it stays a one-line error.
+Workers ignore the preemption signals: Slurm and torchrun send them to every process of the
+job, and the training process stops cleanly (finishes the step, saves) while its workers
+would otherwise die and fail the rank.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ...run_dir import StopRequest
 from .batching import ReplicaData, StepBatch
 
 
@@ -71,7 +76,8 @@ class StepLoader:
         self.close()
         extra = {"prefetch_factor": self.prefetch, "persistent_workers": False} if self.workers else {}
         loader = DataLoader(_Steps(self.source), batch_size=None, sampler=_From(step, self.stop),
-                            num_workers=self.workers, pin_memory=self.pin_memory, collate_fn=_identity, **extra)
+                            num_workers=self.workers, pin_memory=self.pin_memory, collate_fn=_identity,
+                            worker_init_fn=_ignore_stop_signals, **extra)
         self._iter = iter(loader)
         self._next = step
 
@@ -93,6 +99,12 @@ class StepLoader:
 
 def _identity(batch):
     return batch
+
+
+def _ignore_stop_signals(_worker: int) -> None:
+    """The trainer answers preemption signals; a worker only dies with it."""
+    for sig in StopRequest.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def make_loader(source: ReplicaData, stop: int, device: torch.device) -> StepLoader:
