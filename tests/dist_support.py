@@ -96,14 +96,17 @@ def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def worker_pid(rank: int) -> int:
     """PID of the training worker with global rank ``rank`` (found by its environment; its
     data-loading processes, forked from it, have the same environment and command line)."""
-    pids = subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split()
-    for pid in pids:
+    found = {}  # pid -> parent pid, of the processes with this rank's environment
+    for pid in subprocess.run(["pgrep", "-f", "mimo_toolkit.train"], capture_output=True, text=True).stdout.split():
         try:
             env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             parent = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env) and parent not in pids:
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
+            found[pid] = parent
+    for pid, parent in found.items():
+        if parent not in found:
             return int(pid)
     raise AssertionError(f"no worker with RANK={rank}")
 

@@ -331,3 +331,20 @@ def test_a_worker_error_is_the_same_one_line_error(tmp_path, media):
     with pytest.raises(DataError, match="^sample t: cannot decode") as err:
         StepLoader(source, stop=3, workers=1, prefetch=1, pin_memory=False).step(0)
     assert "\n" not in str(err.value) and "DataLoader" not in str(err.value), repr(str(err.value))
+
+
+def test_a_process_with_live_workers_exits(tmp_path):
+    """Workers ignore SIGTERM (preemption is the trainer's), so multiprocessing's exit
+    handler, which terminates them, would wait forever: the loader stops them first."""
+    script = (
+        "from mimo_toolkit.resolve import resolve_job\n"
+        "from mimo_toolkit.runtime.datasets import build_dataset\n"
+        "from mimo_toolkit.runtime.datasets.batching import ReplicaData\n"
+        "from mimo_toolkit.runtime.datasets.loader import StepLoader\n"
+        "job = resolve_job('llava', 'tiny').config\n"
+        "loader = StepLoader(ReplicaData(build_dataset(job), job, {'llm': 0, 'vision': 0}), 50, 2, 2, False)\n"
+        "loader.step(0)\n"
+        "print('trained', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]

@@ -12,11 +12,14 @@ An exception in a worker (``data.on_bad_sample=stop`` meeting an undecodable fil
 re-raised in the training process as the same exception, so it stays a one-line error.
 Workers ignore the preemption signals: Slurm and torchrun send them to every process of the
 job, and the training process stops cleanly (finishes the step, saves) while its workers
-would otherwise die and fail the rank.
+would otherwise die and fail the rank. Since they ignore SIGTERM, they are stopped the
+orderly way (an end marker on their queue) when the loader closes, at the latest at the
+interpreter's exit, before ``multiprocessing`` would ``terminate()`` them and wait forever.
 """
 
 from __future__ import annotations
 
+import atexit
 import signal
 from collections.abc import Iterator
 
@@ -71,9 +74,13 @@ class StepLoader:
         self.pin_memory = pin_memory
         self._iter: Iterator | None = None
         self._next = -1
+        self._closes_at_exit = False
 
     def _start(self, step: int) -> None:
         self.close()
+        if self.workers and not self._closes_at_exit:
+            atexit.register(self.close)  # runs before multiprocessing's exit handler (LIFO)
+            self._closes_at_exit = True
         extra = {"prefetch_factor": self.prefetch, "persistent_workers": False} if self.workers else {}
         loader = DataLoader(_Steps(self.source), batch_size=None, sampler=_From(step, self.stop),
                             num_workers=self.workers, pin_memory=self.pin_memory, collate_fn=_identity,
@@ -93,7 +100,7 @@ class StepLoader:
 
     def close(self) -> None:
         """Stop the workers (the next ``step`` starts new ones)."""
-        self._iter = None  # DataLoader's iterator shuts its workers down when collected
+        self._iter = None  # the last reference: DataLoader's iterator shuts its workers down
         self._next = -1
 
 
