@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 284e3c504eea
+# mimo-toolkit 0.1.0: recipe llava, preset 1node, config 8e43e8da447b
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config 6ff5b35655c7
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config ebd757a80079
 # overrides: ["cluster.torchx_scheduler=kubernetes", "cluster.image=ghcr.io/example/mimo:1.0", "cluster.cpus_per_task=32", "cluster.mem=500G", "cluster.torchx_mounts=type=volume,src=runs-pvc,dst=/scratch/runs", "cluster.kubernetes_queue=research"]
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset 4node, config cb936e58b5af
+# mimo-toolkit 0.1.0: recipe llava, preset 4node, config a45c5ee83d40
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe llava, preset tiny, config d7eb099708b1
+# mimo-toolkit 0.1.0: recipe llava, preset tiny, config e34098bd0808
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config 72cce35477a1
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 1node, config a905cdcef8db
 # overrides: []
 # world size 8 = 1 node(s) x 8 process(es) per node
 #

@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 7cfbc1970686
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset 4node, config 88f3fed84911
 # overrides: []
 # world size 32 = 4 node(s) x 8 process(es) per node
 #

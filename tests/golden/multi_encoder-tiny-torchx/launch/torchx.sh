@@ -1,5 +1,5 @@
 #!/bin/bash
-# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config a842ae5b4c8b
+# mimo-toolkit 0.1.0: recipe multi_encoder, preset tiny, config 52382b315ed5
 # overrides: []
 # world size 2 = 1 node(s) x 2 process(es) per node
 #
