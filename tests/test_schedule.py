@@ -61,8 +61,17 @@ def _check_job(recipe: str, preset: str | None, sets: list[str]) -> None:
     check_schedule(job.layout, m, set())  # validation: forward only
 
 
+@pytest.fixture(scope="module")
+def hub_weights(tmp_path_factory) -> str:
+    """The pretrained presets (llava stage1/stage2) resolve against hub-shaped checkpoints."""
+    from hf_files import write_hub_checkpoints
+
+    return str(write_hub_checkpoints(tmp_path_factory.mktemp("hub") / "weights"))
+
+
 @pytest.mark.parametrize("recipe,preset", presets())
-def test_every_preset_passes_the_rendezvous_replay(recipe, preset):
+def test_every_preset_passes_the_rendezvous_replay(recipe, preset, hub_weights, monkeypatch):
+    monkeypatch.setenv("MIMO_TOOLKIT_WEIGHTS", hub_weights)
     _check_job(recipe, preset, [])
 
 
