@@ -21,6 +21,7 @@ from test_runtime import HOMOGENEOUS_TP1, assert_same_runs
 
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.runtime.train.schedule import build_schedule
+from mimo_toolkit.runtime.train.trace import TRACE_ENV, chrome_trace, read_step
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +46,20 @@ def llava_ref(tmp_path_factory):
 
 
 def test_vision_rank0_llm_rank1(tmp_path, llava_ref):
-    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")], env=RENDEZVOUS)
+    run = run_job(tmp_path, "llava", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")],
+                  env={**RENDEZVOUS, TRACE_ENV: "1"})
     assert run.returncode == 0, run.output[-3000:]
     assert_same_runs(run, llava_ref)
     assert all(row["bridge_bytes"]["backward"] > 0 for row in run.metrics)
+    # The step trace (MIMO_TRACE=1): each rank's operations, in its schedule's order.
+    spans = read_step(tmp_path, 6)
+    job = resolve_job("llava", "tiny", sets=[*STEPS, *hetero(2, vision="1,1,1,0", llm="1,1,1,1")]).config
+    schedule = build_schedule(job.layout, 4, {"vision", "llm"})
+    for rank, module in ((0, "vision"), (1, "llm")):
+        ops = sorted((s for s in spans[rank] if s[1] in ("fwd", "bwd")), key=lambda s: s[2])
+        assert [s[0] for s in ops] == [str(op) for op in schedule[frozenset({(module, 0)})]]
+        assert {"consensus", "optimizer", "metrics write"} <= {s[0] for s in spans[rank]}
+    assert len(chrome_trace(spans)["traceEvents"]) > 2 * 8
 
 
 def test_vision_dp2_llm_tp2_on_four_ranks(tmp_path, llava_ref):

@@ -23,7 +23,7 @@ import torch
 class OpClock:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self._marks: list[tuple[str, str, object, object, object]] = []
+        self._marks: list[tuple[str, str, object, object, object, str]] = []
 
     def _now(self):
         if not self.cuda:
@@ -42,10 +42,11 @@ class OpClock:
     def ready(self) -> None:
         self._ready = self._now()
 
-    def stop(self, module: str, phase: str) -> None:
-        """End an operation of ``module``; ``phase`` is ``fwd`` or ``bwd``."""
+    def stop(self, module: str, phase: str, label: str = "") -> None:
+        """End an operation of ``module``; ``phase`` is ``fwd`` or ``bwd``; ``label`` names
+        the operation in traces."""
         ready = self._ready if self._ready is not None else self._start
-        self._marks.append((module, phase, self._start, ready, self._now()))
+        self._marks.append((module, phase, self._start, ready, self._now(), label))
 
     def _seconds(self, a, b) -> float:
         return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
@@ -55,7 +56,19 @@ class OpClock:
         times: dict[str, float] = defaultdict(float)
         if self.cuda and self._marks:
             self._marks[-1][4].synchronize()
-        for module, phase, start, ready, stop in self._marks:
+        for module, phase, start, ready, stop, _ in self._marks:
             times[f"{module}/wait"] += self._seconds(start, ready)
             times[f"{module}/{phase}"] += self._seconds(ready, stop)
         return times
+
+    def spans(self) -> list[tuple[str, str, float, float]]:
+        """The step's operations for ``trace.py``: ``(name, "wait"|"fwd"|"bwd", start, end)``
+        in ``perf_counter`` seconds (CPU marks only; empty on CUDA)."""
+        if self.cuda:
+            return []
+        out = []
+        for _, phase, start, ready, stop, label in self._marks:
+            if ready > start:
+                out.append((f"wait {label}", "wait", start, ready))
+            out.append((label, phase, ready, stop))
+        return out

@@ -124,7 +124,7 @@ class Engine:
             inputs = {m: self.p2p.take(m) for m in program.inputs[k]}
             run = self._forward if op.kind == "F" else self._backward
             outbox.update(run(op, inputs, program.outputs[k]))
-            self.clock.stop(op.module, "fwd" if op.kind == "F" else "bwd")
+            self.clock.stop(op.module, "fwd" if op.kind == "F" else "bwd", str(op))
         self._post(len(program.ops), outbox)
 
     def _post(self, k: int, outbox: dict[Message, torch.Tensor]) -> None:

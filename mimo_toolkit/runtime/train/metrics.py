@@ -51,11 +51,20 @@ def device_peak(device: torch.device, precision: str) -> Peak | None:
     return Peak(known.peak_flops(precision, tf32), known.describe_peak(precision, tf32))
 
 
-def slowest_times(times: dict[str, float], keys: list[str], device: torch.device) -> dict[str, float]:
-    """MAX over ranks of each '<module>/fwd|bwd' time (keys in the same order everywhere)."""
+def slowest_times(times: dict[str, float], keys: list[str], device: torch.device):
+    """MAX over ranks of each '<module>/fwd|bwd' time (keys in the same order everywhere).
+
+    The all-reduce is started here and waited for by calling the returned function: the
+    trainer starts it right after the step's consensus, so that it travels while the
+    optimizers step, and no rank waits there for another rank's optimizer (issue #13)."""
     vec = torch.tensor([times.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(vec, op=dist.ReduceOp.MAX)
-    return {k: round(v, 6) for k, v in zip(keys, vec.tolist())}
+    work = dist.all_reduce(vec, op=dist.ReduceOp.MAX, async_op=True)
+
+    def result() -> dict[str, float]:
+        work.wait()
+        return {k: round(v, 6) for k, v in zip(keys, vec.tolist())}
+
+    return result
 
 
 class MetricsLog:

@@ -8,8 +8,13 @@ and every rank gets the list of operations of its roles:
   modules through which gradients flow: the LLM whenever anything trains, an encoder when
   its encoder or projector trains).
 * 1F1B: a role at position ``k`` keeps at most ``depth - k`` micro-batches in flight, and a
-  ready backward goes before a forward. Encoders therefore run micro-batch ``i+1`` while the
-  LLM runs ``i``; forward-only (frozen) encoders run ahead freely.
+  ready backward goes before a forward. Forward-only (frozen) encoders run ahead freely.
+* Encoders on ranks of their own (heterogeneous) keep ``ENCODER_RUN_AHEAD`` more: with only
+  ``depth`` in flight, an encoder makes micro-batch ``i+2`` right after the backward of
+  ``i``, and the LLM, which needs it one LLM micro-batch later, waits whenever the encoder
+  costs nearly as much as the LLM (issue #13: the "bridge wait"). One more micro-batch in
+  flight (its activations kept until its backward) gives the encoder a whole LLM
+  micro-batch of slack. Losses are unchanged: backwards keep their order.
 * Colocated (or homogeneous) encoders with a pipelined LLM: an encoder operation is a gang
   over every rank, so taken in micro-batch order it would stop all LLM stages each time and
   run one micro-batch through the whole pipeline before the next (no pipelining at all).
@@ -35,6 +40,9 @@ from ...errors import UserError
 from ...layout import MimoParallelismConfig
 
 Role = tuple[str, int]  # (module, pipeline stage)
+
+ENCODER_RUN_AHEAD = 1
+"""Extra micro-batches in flight on an encoder with ranks of its own (see the module docstring)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -73,6 +81,7 @@ class _Simulation:
         self.workers = sorted({roles_of_rank(layout, r) for r in range(world)}, key=sorted)
         self.members = {role: [w for w in self.workers if role in w] for role in self.roles}
         self.encoders_first = layout.deployment_mode != "heterogeneous" and self.pp > 1
+        self.run_ahead = ENCODER_RUN_AHEAD if layout.deployment_mode == "heterogeneous" else 0
 
     def position(self, role: Role) -> int:
         return 0 if role[0] != self.lm else self.offset + role[1]
@@ -125,6 +134,8 @@ class _Simulation:
         for role in self.roles:
             module, stage = role
             limit = self.depth - self.position(role) if role in next_b else self.m
+            if module != self.lm:
+                limit += self.run_ahead
             for kind, counter in (("F", next_f), ("B", next_b)):
                 if role not in counter or counter[role] >= self.m:
                     continue

@@ -38,6 +38,7 @@ from .metrics import MetricsLog, device_peak, model_flops_per_step, slowest_time
 from .optim import ModuleOptimizer, clip_coefficient, counts_for_norm, step_consensus
 from .rendezvous import step_programs
 from .schedule import backward_modules
+from .trace import StepTrace
 from .trackers import open_trackers
 
 
@@ -89,6 +90,7 @@ class Trainer:
             )
         self.checkpointer = Checkpointer(run_dir, job, self.parts, self.optimizers, job.train.async_save)
         self.metrics = MetricsLog(run_dir, self.rank, job.train.steps, job.train.log_interval)
+        self.trace = StepTrace(run_dir.path, self.rank)
         self.module_names = list(layout.module_parallelisms)
         self.flops_per_step = model_flops_per_step(job)
         self.peak = device_peak(ctx.device, job.train.precision)
@@ -146,7 +148,9 @@ class Trainer:
                 self.save(blocking=False)  # in the background; the next save waits for it
                 row["checkpoint_s"] = time.perf_counter() - started  # how long training waited
                 last_saved = self.step
+            self.trace.phase("metrics write")
             self.metrics.log(row)
+            self.trace.flush(self.step)
         if last_saved != self.step or self.checkpointer.latest() is None:
             self.save(blocking=True)
         self.checkpointer.wait(raise_error=True)
@@ -179,18 +183,31 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[dict, bool]:
         start = time.perf_counter()
+        trace = self.trace
+        trace.phase("zero grads")
         for wrapper in self.model.data_parallel.values():
             wrapper.zero_grad_buffer()
+        trace.phase("forward/backward")
         out = self.engine.run_step(step)
+        trace.extend(self.engine.clock.spans())
+        trace.phase("gradient sync")
         self._sync_tied_embeddings()  # before the data-parallel reduction: a sharded one leaves
         for wrapper in self.model.data_parallel.values():  # only each rank's slice valid
             wrapper.finish_grad_sync()
+        trace.phase("consensus")
         consensus = step_consensus(
             self.optimizers, self.module_names, out.loss_sum, out.loss_tokens,
             self.ctx.stop_requested.is_set(),
             (self.bridge.stats.forward_bytes, self.bridge.stats.backward_bytes), self.ctx.device,
         )
+        # The metrics' collectives start now and are waited for after the optimizers: no rank
+        # waits there for another rank's optimizer, so an encoder rank starts the next step's
+        # forwards while the LLM still steps (issue #13). Peak memory is read before this
+        # step's optimizer (its first allocation of Adam state shows from the next step on).
+        times = slowest_times(out.times, self.time_keys, self.ctx.device)
+        memory = self._peak_memory()
         lr = None
+        trace.phase("optimizer")
         if consensus.finite:
             coef = clip_coefficient(consensus.grad_norm, self.job.train.clip_grad)
             for opt in self.optimizers.values():
@@ -198,8 +215,8 @@ class Trainer:
         else:
             for opt in self.optimizers.values():
                 opt.skip()
-        times = slowest_times(out.times, self.time_keys, self.ctx.device)
-        memory = self._peak_memory()
+        trace.phase("metrics")
+        times, memory = times(), memory()
         step_time = time.perf_counter() - start
         tokens = self.job.train.global_batch_size * self.job.train.seq_length
         row = {
@@ -222,11 +239,16 @@ class Trainer:
             row["bad_samples"] = self.bad_samples
         return row, consensus.stop
 
-    def _peak_memory(self) -> dict[str, int]:
-        """Every rank's peak memory so far (``MemoryProbe``), by rank."""
+    def _peak_memory(self):
+        """Every rank's peak memory so far (``MemoryProbe``), by rank: gathered in the
+        background, returned by calling the result."""
         mine = self.memory.peak_bytes()
-        every = _gather_floats([-1.0 if mine is None else float(mine)], self.ctx)
-        return {str(r): int(v[0]) for r, v in enumerate(every) if v[0] >= 0}
+        gathered = _gather_floats([-1.0 if mine is None else float(mine)], self.ctx, wait=False)
+
+        def result() -> dict[str, int]:
+            return {str(r): int(v[0]) for r, v in enumerate(gathered()) if v[0] >= 0}
+
+        return result
 
     def validate(self) -> float:
         """Mean per-token loss over the whole validation split (forward only, this layout)."""
@@ -271,13 +293,19 @@ class Trainer:
         return int(meta["step"])
 
 
-def _gather_floats(values: list[float], ctx: DistContext) -> list[list[float]]:
+def _gather_floats(values: list[float], ctx: DistContext, wait: bool = True):
     """Every rank's ``values``, in rank order, over the world group (never the checkpoint
-    group: a background save runs its collectives there)."""
+    group: a background save runs its collectives there). ``wait=False``: started, and a
+    function that waits for it and returns them."""
     mine = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     every = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
-    dist.all_gather(every, mine)
-    return [t.tolist() for t in every]
+    work = dist.all_gather(every, mine, async_op=True)
+
+    def result() -> list[list[float]]:
+        work.wait()
+        return [t.tolist() for t in every]
+
+    return result() if wait else result
 
 
 def _drop_metrics_after(run_dir: RunDir, step: int) -> None:
