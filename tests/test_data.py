@@ -15,14 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
+from data_support import write_truncated_jpeg
+
 from mimo_toolkit.errors import UserError
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.runtime.datasets import build_dataset, build_file_dataset
-from mimo_toolkit.runtime.datasets.batching import ReplicaData, ValidationData, sample_index
+from mimo_toolkit.runtime.datasets.batching import ReplicaData, ValidationData, collate_text, sample_index
 from mimo_toolkit.runtime.datasets.loader import StepLoader
 from mimo_toolkit.runtime.datasets.llava_json import DataError
 from mimo_toolkit.runtime.datasets.media import load_image, log_mel, mel_band_edges, mel_filterbank
 from mimo_toolkit.runtime.datasets.tokenizers import ByteTokenizer, load_tokenizer
+from mimo_toolkit.runtime.datasets.undecodable import DecodeAgreement
+from mimo_toolkit.runtime.eval.inference import single_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, AUDIO = -200, -300
@@ -187,14 +191,37 @@ def test_jsonl_lines_are_samples_and_a_broken_line_is_a_bad_sample(tmp_path, med
         build_file_dataset(job_for("llava", tmp_path / "d.jsonl"), "valid")
 
 
-def test_an_image_that_fails_to_decode_later_becomes_zeros_or_stops(tmp_path, media):
-    data = write_json(tmp_path / "d.json", [{"id": "t", "image": "red.png", "conversations": turn("<image>", "A")}])
-    ds = build_file_dataset(job_for("llava", data))
-    (tmp_path / "red.png").write_bytes((tmp_path / "red.png").read_bytes()[:60])  # truncated after the check
-    assert torch.equal(ds.get(0, ("vision",)).media["vision"], torch.zeros(1, 3, 32, 32))
+def test_an_image_that_fails_to_decode_later_is_dropped_from_the_loss_or_stops(tmp_path, media):
+    """The header check passes, so every rank keeps the sample; the rank that decodes it marks
+    it, the step's agreement tells every rank, and its loss tokens are gone from every text slice."""
+    write_truncated_jpeg(tmp_path / "cut.jpg")
+    records = [{"id": f"s{i}", "image": "cut.jpg" if i == 3 else "red.png", "conversations": turn("<image>", "AB")}
+               for i in range(8)]
+    job = job_for("llava", write_json(tmp_path / "d.json", records))  # vision DP2 / LLM TP2 on 2 ranks
+    job.layout.finalize(2)
+    ds = build_file_dataset(job)
+    assert ds.bad_samples == 0 and len(ds) == 8
+    bad = ds.get(3, ("vision",))
+    assert bad.undecodable and torch.equal(bad.media["vision"], torch.zeros(1, 3, 32, 32))
+    assert not ds.get(3, ()).undecodable  # an LLM rank loads the text only: it cannot know by itself
+    assert collate_text([bad], 64, job.layout.special_token_ids).num_loss_tokens == 0
+
+    # Each rank's vision replica decodes half of the step; only one of them meets sample 3.
+    ranks = [ReplicaData(ds, job, {"llm": 0, "vision": r}).step(0) for r in (0, 1)]
+    offset = next(k for k in range(8) if sample_index(k, 8, job.train.seed) == 3)
+    assert sorted(ranks[0].undecodable + ranks[1].undecodable) == [offset]
+    clueless = ranks[0] if not ranks[0].undecodable else ranks[1]
+    tokens = sum(t.num_loss_tokens for t in clueless.texts)
+    assert tokens == 8 * 3  # "AB" + EOS per sample
+    clueless.undecodable = [offset]  # what the all-reduce gives every rank (2-rank run: test_runtime.py)
+    with single_process_group():
+        DecodeAgreement(job, {"llm": 0, "vision": 0}, torch.device("cpu"))(clueless)
+    assert clueless.undecodable == [offset]
+    assert sum(t.num_loss_tokens for t in clueless.texts) == tokens - 3
+
     ds.on_bad_sample = "stop"
-    with pytest.raises(DataError, match="sample t: cannot decode"):
-        ds.get(0, ("vision",))
+    with pytest.raises(DataError, match="sample s3: cannot decode .*cut.jpg"):
+        ds.get(3, ("vision",))
 
 
 # ---- media ------------------------------------------------------------------------------------------

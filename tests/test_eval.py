@@ -15,8 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
+<<<<<<< HEAD
 from dist_support import run_job
 
+=======
+import torch
+from data_support import write_truncated_jpeg
+from dist_support import run_job
+
+from mimo_toolkit.resolve import resolve_job
+from mimo_toolkit.runtime.datasets import build_file_dataset
+from mimo_toolkit.runtime.datasets.batching import sample_index
+from mimo_toolkit.runtime.eval.reshard import merge_shards, unshard
+from mimo_toolkit.runtime.model.init import shard
+
+>>>>>>> 4f6c92e (Never train on zeros: a sample whose media fail to decode (passes the header check, e.g. a truncated JPEG) is dropped from the loss on every rank under data.on_bad_sample=skip (one all-reduce of a global-batch flag vector per step of a file dataset; LLM ranks zero its loss mask before counting tokens), counted once in bad_samples (kept in checkpoints); eval leaves it out of loss and accuracy; tests: the loss rank never decodes the bad image yet its loss tokens drop by exactly that sample's, eval reproduces the job's validation loss)
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(Path(sys.executable).parent / "mimo-toolkit")
 
@@ -74,27 +87,46 @@ def test_llava_tiny_learns_the_shapes_task_and_eval_reproduces_its_validation_lo
 
 @pytest.mark.slow
 def test_pipeline_stages_merge_and_bad_samples_are_counted(tmp_path):
-    """LLM PP2: the merged checkpoint reproduces the job's validation loss; a training file with
-    a missing image trains on the rest and reports the count in every metrics row; text-only
-    samples (vision replicas with no image in their slice) train and evaluate too."""
+    """LLM PP2 (vision DP2 on both ranks): the merged checkpoint reproduces the job's validation
+    loss; a training file with a missing image trains on the rest and reports the count in
+    every metrics row; text-only samples (vision replicas with no image in their slice) train
+    and evaluate too. A truncated JPEG (passes the header check, fails to decode) sits in the
+    slice of the vision replica on rank 0 while rank 1 computes the loss: it is dropped from
+    the step's loss tokens (counted here independently), counted in bad_samples, and the
+    single-process eval, which drops it by itself, still reproduces the job's validation loss."""
     data = make_shapes(tmp_path / "data", "--seed", "2", "--train", "64", "--valid", "16")
+    write_truncated_jpeg(data / "images" / "cut.jpg")
+    sets = [*data_sets(data), "train.seq_length=80", "train.steps=4", "train.eval_interval=4",
+            "layout.llm.tp=1", "layout.llm.pp=2"]
+    seed = resolve_job("llava", "tiny", sets=sets).config.train.seed
+    truncated = {}
     for split in ("train", "valid"):
         records = json.loads((data / f"{split}.json").read_text())
         for record in records[1::3]:
             del record["image"]
             record["conversations"][0]["value"] = record["conversations"][0]["value"].replace("<image>\n", "")
         records[5]["image"] = "images/missing.png"
+        good = [r for k, r in enumerate(records) if k != 5]
+        # step 0's samples in training order (file order for validation); even offsets: vision replica 0
+        order = [sample_index(p, len(good), seed) if split == "train" else p for p in range(8)]
+        offset = next(p for p in range(0, 8, 2) if "image" in good[order[p]])
+        good[order[offset]]["image"] = "images/cut.jpg"
+        truncated[split] = (offset, good[order[offset]]["id"])
         (data / f"{split}.json").write_text(json.dumps(records))
-    run = run_job(tmp_path / "run", "llava", timeout=300, sets=[
-        *data_sets(data), "train.seq_length=80", "train.steps=4", "train.eval_interval=4",
-        "layout.llm.tp=1", "layout.llm.pp=2",
-    ])
+    run = run_job(tmp_path / "run", "llava", timeout=300, sets=sets)
     assert run.returncode == 0, run.output[-3000:]
     assert "skipping 1 bad sample(s): sample train-00005: missing file" in run.output
-    assert all(row["bad_samples"] == 1 for row in run.metrics)
+    assert f"sample {truncated['train'][1]}: cannot decode" in run.output and "dropped from the loss" in run.output
+    assert all(row["bad_samples"] == 2 for row in run.metrics)
+
+    job = resolve_job("llava", "tiny", sets=sets).config
+    dataset = build_file_dataset(job)
+    step0 = [sum(dataset.get(sample_index(p, len(dataset), seed), ()).loss_mask) for p in range(8)]
+    assert run.metrics[0]["loss_tokens"] == sum(step0) - step0[truncated["train"][0]]
+
     result = evaluate(tmp_path / "run")
     assert result["valid_loss"] == pytest.approx(final_valid_loss(run), abs=1e-5)
-    assert (result["samples"], result["bad_samples"]) == (15, 1)
+    assert (result["samples"], result["bad_samples"]) == (14, 2)
 
     stopped = run_job(tmp_path / "stop", "llava", timeout=120, sets=[*data_sets(data), "train.seq_length=80",
                                                                       "data.on_bad_sample=stop"])

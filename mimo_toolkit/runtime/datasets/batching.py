@@ -11,7 +11,7 @@ their slice, encoder ranks the media of theirs.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -48,6 +48,10 @@ class BatchGeometry:
     def num_microbatches(self) -> int:
         return self.global_batch // self.micro_batch
 
+    def offsets(self, microbatch: int, replica: int, replicas: int) -> range:
+        """Offsets within the step (``0 .. global_batch - 1``) of one replica's slice."""
+        return self.positions(0, microbatch, replica, replicas)
+
     def positions(self, step: int, microbatch: int, replica: int, replicas: int) -> range:
         """Consumed-sample positions of one replica's slice of one micro-batch."""
         per = self.micro_batch // replicas
@@ -83,9 +87,11 @@ class MediaBatch:
 
     items: torch.Tensor  # [n_items, ...]
     tokens_per_sample: list[int]
+    undecodable: list[int] = field(default_factory=list)
+    """Samples of the slice (0-based) whose media failed to decode (zeros stand in)."""
 
     def pin_memory(self) -> "MediaBatch":
-        return MediaBatch(self.items.pin_memory(), self.tokens_per_sample)
+        return MediaBatch(self.items.pin_memory(), self.tokens_per_sample, self.undecodable)
 
 
 def collate_text(samples: Sequence[Sample], seq_length: int, special_ids: dict[str, int]) -> TextBatch:
@@ -99,14 +105,16 @@ def collate_text(samples: Sequence[Sample], seq_length: int, special_ids: dict[s
             raise ValueError(f"sample {s.sample_id}: {n} tokens exceed train.seq_length={seq_length}")
         ids[i, :n] = torch.tensor(s.input_ids)
         labels[i, :n] = torch.tensor(s.labels).clamp_min(0)
-        mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float)
+        if not s.undecodable:  # a sample whose media failed to decode counts for nothing
+            mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.float)
     placeholders = {name: (ids == tok).sum(dim=1).tolist() for name, tok in special_ids.items()}
     return TextBatch(ids, labels, mask, placeholders)
 
 
 def collate_media(samples: Sequence[Sample], name: str, tokens_per_item: int) -> MediaBatch:
     items = [s.media[name] for s in samples]
-    return MediaBatch(torch.cat(items, dim=0), [t.shape[0] * tokens_per_item for t in items])
+    return MediaBatch(torch.cat(items, dim=0), [t.shape[0] * tokens_per_item for t in items],
+                      [i for i, s in enumerate(samples) if s.undecodable])
 
 
 @dataclass
@@ -117,11 +125,14 @@ class StepBatch:
     """The LLM replica's text slices (None on ranks without the LLM)."""
     media: dict[str, list[MediaBatch]]
     """Encoder module -> its replica's media slices."""
+    undecodable: list[int] = field(default_factory=list)
+    """Offsets in the step of the samples whose media this rank failed to decode."""
 
     def pin_memory(self) -> "StepBatch":
         """Page-locked copies (what DataLoader's ``pin_memory`` calls), for asynchronous copies to a GPU."""
         texts = [t.pin_memory() for t in self.texts] if self.texts is not None else None
-        return StepBatch(texts, {m: [b.pin_memory() for b in batches] for m, batches in self.media.items()})
+        media = {m: [b.pin_memory() for b in batches] for m, batches in self.media.items()}
+        return StepBatch(texts, media, self.undecodable)
 
 
 class ReplicaData:
@@ -157,7 +168,15 @@ class ReplicaData:
         lm = self.job.layout.language_module
         texts = [self.text(step, mb) for mb in mbs] if lm in self.replica_of else None
         media = {m: [self.media(m, step, mb) for mb in mbs] for m in self.replica_of if m != lm}
-        return StepBatch(texts, media)
+        return StepBatch(texts, media, self._undecodable(media))
+
+    def _undecodable(self, media: dict[str, list[MediaBatch]]) -> list[int]:
+        """Step offsets of the samples whose media failed to decode here."""
+        layout = self.job.layout
+        return sorted({
+            self.geometry.offsets(mb, self.replica_of[m], layout.module_parallelisms[m].dp)[i]
+            for m, batches in media.items() for mb, batch in enumerate(batches) for i in batch.undecodable
+        })
 
 
 class ValidationData(ReplicaData):

@@ -15,9 +15,10 @@ and each media file's header (an image must open and verify, a WAV must parse). 
 therefore keeps the same list of good samples, and the sampler shuffles that list, so
 ranks that load the same sample never disagree about it. ``data.on_bad_sample=stop`` turns
 any bad sample into an error naming it. A file that passes the header check but fails to
-decode later (a truncated image) stops the run under ``stop``; under ``skip`` its media are
-replaced by zeros (the text side, which other ranks load, is unchanged) and a warning
-names it.
+decode later (a truncated JPEG) stops the run under ``stop``; under ``skip`` zeros stand in
+for its media (so every tensor keeps its shape), the sample is marked ``undecodable``, a
+warning names it, and the step drops it from the loss on every rank
+(``undecodable.py``): nothing trains on the zeros.
 """
 
 from __future__ import annotations
@@ -172,14 +173,19 @@ class LlavaDataset:
     def get(self, index: int, modalities: Collection[str]) -> Sample:
         record = self.records[index]
         ids, labels, mask = self._text(record)
-        media = {name: self.load_media(record, name) for name in modalities if name in self.encoders}
-        return Sample(ids, labels, mask, media, record.sample_id)
+        sample = Sample(ids, labels, mask, {}, record.sample_id)
+        for name in modalities:
+            if name in self.encoders:
+                sample.media[name], failed = self.load_media(record, name)
+                sample.undecodable |= failed
+        return sample
 
-    def load_media(self, record: Record, module: str) -> torch.Tensor:
-        """``[items, ...]`` inputs of one encoder module (zero items for a sample without them)."""
+    def load_media(self, record: Record, module: str) -> tuple[torch.Tensor, bool]:
+        """``[items, ...]`` inputs of one encoder module (zero items for a sample without
+        them), and whether a file failed to decode (zeros stand in for it)."""
         arch = self.encoders[module]
         shape = _item_shape(arch)
-        items = []
+        items, failed = [], False
         for path in record.media.get(module, []):
             try:
                 items.append(_load(self.preprocessing[module], path))
@@ -187,9 +193,10 @@ class LlavaDataset:
                 if self.on_bad_sample == "stop":
                     raise DataError(f"sample {record.sample_id}: cannot decode {path} ({exc})") from exc
                 print(f"[mimo-toolkit] warning: sample {record.sample_id}: cannot decode {path} ({exc}); "
-                      f"using zeros", file=sys.stderr, flush=True)
+                      f"dropped from the loss", file=sys.stderr, flush=True)
                 items.append(torch.zeros(shape))
-        return torch.stack(items) if items else torch.zeros(0, *shape)
+                failed = True
+        return (torch.stack(items) if items else torch.zeros(0, *shape)), failed
 
 
 def _modules_by_kind(encoders: dict) -> dict[str, str]:

@@ -8,6 +8,10 @@ device do not block. Nothing about the data position is state: a resumed run sta
 loader at its first step and gets exactly the batches the uninterrupted run got, and
 ``num_workers=0`` loads the same batches in the training process.
 
+Under ``data.on_bad_sample=skip`` each batch then passes the step's agreement on samples
+whose media failed to decode (``undecodable.py``: one small all-reduce, in the training
+process, so every rank drops the same samples from the loss).
+
 An exception in a worker (``data.on_bad_sample=stop`` meeting an undecodable file) is
 re-raised in the training process as the same exception, so it stays a one-line error.
 Workers ignore the preemption signals: Slurm and torchrun send them to every process of the
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ...run_dir import StopRequest
 from .batching import ReplicaData, StepBatch
+from .undecodable import DecodeAgreement, decoding_can_fail
 
 
 class _Failure:
@@ -66,8 +71,11 @@ class StepLoader:
     order it takes them from workers that are already ahead, otherwise (the first step,
     or another split's) it restarts there."""
 
-    def __init__(self, source: ReplicaData, stop: int, workers: int, prefetch: int, pin_memory: bool) -> None:
+    def __init__(self, source: ReplicaData, stop: int, workers: int, prefetch: int, pin_memory: bool,
+                 agreement: DecodeAgreement | None = None) -> None:
         self.source = source
+        self.agreement = agreement
+        """Run on every batch in the training process (``undecodable.py``); None: nothing can fail."""
         self.stop = stop
         self.workers = workers
         self.prefetch = prefetch
@@ -96,6 +104,8 @@ class StepLoader:
         if isinstance(batch, _Failure):
             self.close()
             raise batch.exc
+        if self.agreement is not None:
+            self.agreement(batch)
         return batch
 
     def close(self) -> None:
@@ -116,5 +126,6 @@ def _ignore_stop_signals(_worker: int) -> None:
 
 def make_loader(source: ReplicaData, stop: int, device: torch.device) -> StepLoader:
     """The loader a job's ``data`` section asks for, ``source``'s steps before ``stop``."""
-    data = source.job.data
-    return StepLoader(source, stop, data.num_workers, data.prefetch, pin_memory=device.type == "cuda")
+    job = source.job
+    agreement = DecodeAgreement(job, source.replica_of, device) if decoding_can_fail(job) else None
+    return StepLoader(source, stop, job.data.num_workers, job.data.prefetch, device.type == "cuda", agreement)

@@ -28,6 +28,9 @@ class Sample:
     media: dict[str, torch.Tensor] = field(default_factory=dict)
     """Encoder module name -> items ``[n_items, ...]`` (images or log-mel clips)."""
     sample_id: str = ""
+    undecodable: bool = False
+    """Its media passed the header check but failed to decode (zeros stand in for them):
+    the sample is dropped from the loss on every rank (``datasets/undecodable.py``)."""
 
 
 class MimoDataset(Protocol):

@@ -77,6 +77,13 @@ class Evaluation:
         self.ablate = ablate
         self.indices = list(range(len(dataset)))[:limit]
         self.modalities = tuple(loaded.job.encoders)
+        self.undecodable: set[int] = set()
+        """Samples whose media failed to decode: out of the loss (``collate_text``) and the accuracy."""
+
+    def _samples(self, indices: list[int]) -> list:
+        samples = [self.dataset.get(i, self.modalities) for i in indices]
+        self.undecodable.update(i for i, s in zip(indices, samples) if s.undecodable)
+        return samples
 
     def _media(self, samples) -> dict[str, torch.Tensor]:
         media = {m: collate_media(samples, m, 1).items for m in self.modalities}
@@ -88,7 +95,7 @@ class Evaluation:
         job = self.loaded.job
         loss_sum, tokens = 0.0, 0
         for start in range(0, len(self.indices), BATCH):
-            samples = [self.dataset.get(i, self.modalities) for i in self.indices[start : start + BATCH]]
+            samples = self._samples(self.indices[start : start + BATCH])
             text = collate_text(samples, job.train.seq_length, job.layout.special_token_ids)
             embeddings = inference.encode_media(self.loaded, self._media(samples))
             out = inference.logits(self.loaded, text.input_ids, embeddings)
@@ -114,10 +121,12 @@ class Evaluation:
         rows = []
         for start in range(0, len(questions), BATCH):
             batch = questions[start : start + BATCH]
-            media = self._media([self.dataset.get(q.sample, self.modalities) for q in batch])
+            media = self._media(self._samples([q.sample for q in batch]))
             generated = inference.greedy_generate(self.loaded, [q.prompt for q in batch], media, tok.eos_id,
                                                   tok.pad_id, MAX_NEW_TOKENS)
             for q, ids in zip(batch, generated):
+                if q.sample in self.undecodable:
+                    continue
                 prediction = tok.decode(ids)
                 rows.append({
                     "id": self.dataset.records[q.sample].sample_id, "category": q.category, "question": q.human,
@@ -143,8 +152,8 @@ def _summary(rd, checkpoint, step, evaluation: Evaluation, loss: float, rows: li
         "step": step,
         "data": str(evaluation.dataset.path),
         "ablate": evaluation.ablate,
-        "samples": len(evaluation.indices),
-        "bad_samples": evaluation.dataset.bad_samples,
+        "samples": len(evaluation.indices) - len(evaluation.undecodable),
+        "bad_samples": evaluation.dataset.bad_samples + len(evaluation.undecodable),
         "valid_loss": loss,
         **_accuracy(rows),
         "by_category": {c: _accuracy(r) for c, r in sorted(by_category.items())},

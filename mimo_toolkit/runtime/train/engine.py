@@ -70,6 +70,8 @@ class StepOutput:
     loss_sum: float = 0.0
     """Sum of per-token losses over this rank's loss tokens (LLM last stage, TP rank 0)."""
     loss_tokens: int = 0
+    undecodable: list[int] = field(default_factory=list)
+    """Step offsets of the samples dropped because their media failed to decode (every rank's)."""
     times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     """'<module>/fwd' and '<module>/bwd' seconds of compute on this rank, and '<module>/wait':
     seconds its operations spent getting their inputs from other ranks (``clock.py``)."""
@@ -103,6 +105,7 @@ class Engine:
         self.bridge.stats.forward_bytes = self.bridge.stats.backward_bytes = 0
         self.state: dict = {}
         self.batch: StepBatch = self.data.step(step)
+        self.out.undecodable = self.batch.undecodable
         self.bridge.begin_step(self.batch.texts)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.loss_scale = self._global_loss_tokens()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ...config import JobConfig
 from ...run_dir import EXIT_REQUEUE, RunDir
 from ..datasets import build_dataset
-from ..datasets.batching import BatchGeometry, ReplicaData, ValidationData
+from ..datasets.batching import BatchGeometry, ReplicaData, ValidationData, sample_index
 from ..datasets.loader import make_loader
 from ..eval.plot import plot_curves
 from ..model import recompute
@@ -75,6 +75,9 @@ class Trainer:
         dataset = build_dataset(job)
         self.bad_samples: int | None = getattr(dataset, "bad_samples", None)  # file datasets count them
         self.bad_report = dataset.bad_report() if self.bad_samples else ""
+        self.dataset_size = len(dataset)
+        self.undecodable: set[int] = set()
+        """Dataset indices of samples dropped because their media failed to decode (kept in checkpoints)."""
         self.data = make_loader(ReplicaData(dataset, job, replica_of), job.train.steps, ctx.device)
         program = step_programs(layout, self.geometry.num_microbatches, self.backward, self.geometry.micro_batch)[self.rank]
         self.engine = Engine(
@@ -235,8 +238,9 @@ class Trainer:
             "skipped": not consensus.finite,
             "peak_memory_bytes": memory,
         }
+        self._count_undecodable(step, out.undecodable)
         if self.bad_samples is not None:
-            row["bad_samples"] = self.bad_samples
+            row["bad_samples"] = self.bad_samples + len(self.undecodable)
         return row, consensus.stop
 
     def _peak_memory(self):
@@ -272,11 +276,17 @@ class Trainer:
         if weight is not None and weight.requires_grad:
             dist.all_reduce(weight.main_grad, group=pgc.embd)
 
+    def _count_undecodable(self, step: int, offsets: list[int]) -> None:
+        """Remember which samples were dropped (a sample met again in a later epoch counts once)."""
+        first = step * self.job.train.global_batch_size
+        self.undecodable.update(sample_index(first + k, self.dataset_size, self.job.train.seed) for k in offsets)
+
     def save(self, blocking: bool) -> None:
         meta = {
             "consumed_samples": self.step * self.job.train.global_batch_size,
             "config_hash": self.job.config_hash(),
             "config": self.job.to_dict(),
+            "undecodable": sorted(self.undecodable),
         }
         self.checkpointer.save(self.step, meta, blocking=blocking)
 
@@ -288,6 +298,7 @@ class Trainer:
         rng = "" if meta["rng_restored"] else "; RNG states re-seeded (the layout changed; no dropout, so no effect)"
         self.metrics.say(f"[mimo-toolkit] resumed from step {meta['step']} "
                          f"({meta['consumed_samples']} samples consumed){rng}")
+        self.undecodable = set(meta.get("undecodable", []))
         if self.rank == 0:
             _drop_metrics_after(self.run_dir, int(meta["step"]))
         return int(meta["step"])
