@@ -15,21 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-<<<<<<< HEAD
-from dist_support import run_job
-
-=======
-import torch
 from data_support import write_truncated_jpeg
 from dist_support import run_job
 
 from mimo_toolkit.resolve import resolve_job
 from mimo_toolkit.runtime.datasets import build_file_dataset
 from mimo_toolkit.runtime.datasets.batching import sample_index
-from mimo_toolkit.runtime.eval.reshard import merge_shards, unshard
-from mimo_toolkit.runtime.model.init import shard
 
->>>>>>> 4f6c92e (Never train on zeros: a sample whose media fail to decode (passes the header check, e.g. a truncated JPEG) is dropped from the loss on every rank under data.on_bad_sample=skip (one all-reduce of a global-batch flag vector per step of a file dataset; LLM ranks zero its loss mask before counting tokens), counted once in bad_samples (kept in checkpoints); eval leaves it out of loss and accuracy; tests: the loss rank never decodes the bad image yet its loss tokens drop by exactly that sample's, eval reproduces the job's validation loss)
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(Path(sys.executable).parent / "mimo-toolkit")
 
