@@ -37,7 +37,7 @@ from mimo_toolkit.planner.calibration import (
 )
 from mimo_toolkit.planner.candidate import Candidate, Placement, evaluate_layout
 from mimo_toolkit.planner.cost import bubble_fraction
-from mimo_toolkit.planner.hardware import builtin_machine
+from mimo_toolkit.planner.hardware import GIB, builtin_machine
 from mimo_toolkit.planner.memory import module_memory
 from mimo_toolkit.planner.plan import PlanRequest, make_plan
 from mimo_toolkit.planner.rules import REASONS, apply_candidate, layout_reason
@@ -213,7 +213,7 @@ def test_cheap_rules_agree_with_project_validation_on_a_whole_small_space():
 
 def test_bounded_search_finds_the_brute_force_optimum():
     """Pruning by lower bounds loses nothing: the best of every valid layout, estimated one by
-    one, is the search's best (llava on 1 x 8 H200: everything fits without recomputation)."""
+    one, is the search's best (llava on 1 x 8 H200)."""
     _, problem = _problem("llava", "1node", nodes=1, gpu="h200", sets=["train.global_batch_size=24"])
     best = search(problem, top_k=1).top[0]
     steps = []
@@ -221,8 +221,8 @@ def test_bounded_search_finds_the_brute_force_optimum():
         if layout_reason(problem, mode, mbs, placements) is None:
             layout = _fake_candidate(mode, mbs, placements).to_layout("llm", {"vision": -200})
             cand = evaluate_layout(problem, layout, mbs)
-            assert not cand.recomputed
-            steps.append(cand.step_s)
+            if cand.memory_gib * GIB <= problem.machine.usable_bytes:
+                steps.append(cand.step_s)
     assert len(steps) > 50
     assert best.step_s == pytest.approx(min(steps), rel=1e-12)
 

@@ -41,13 +41,14 @@ def _command(req: PlanRequest, apply_to: str | None) -> str:
               show_default=True, help="overrides: print the best layout as --set options.")
 @click.option("--recompute", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
               help="Full activation recomputation: where memory needs it, never, or always.")
-@click.option("--distributed-optimizer/--no-distributed-optimizer", default=True, show_default=True,
-              help="Shard optimizer states over data-parallel ranks.")
+@click.option("--distributed-optimizer/--no-distributed-optimizer", default=None,
+              help="Shard optimizer states over data-parallel ranks (default: the job's "
+                   "train.distributed_optimizer, on with GPUs).")
 @click.option("--overlap-grad-reduce/--no-overlap-grad-reduce", default=False, show_default=True,
               help="Hide gradient reduction behind the last micro-batch's backward.")
 def plan(recipe: str, preset: str | None, nodes: int | None, gpus_per_node: int | None, gpu: str | None,
          top: int, sets: tuple[str, ...], profile: str | None, apply_to: str | None, fmt: str,
-         recompute: str, distributed_optimizer: bool, overlap_grad_reduce: bool) -> None:
+         recompute: str, distributed_optimizer: bool | None, overlap_grad_reduce: bool) -> None:
     """Choose each module's GPUs and TP/CP/PP/DP for RECIPE from a cost and memory model.
 
     Searches homogeneous, colocated and heterogeneous layouts that pass the toolkit's own

@@ -32,7 +32,9 @@ def planned_settings(plan: Plan, candidate: Candidate) -> list[str]:
             f"layout.{name}.rank_offset={m.rank_offset}",
             f"layout.{name}.scalable={str(m.scalable).lower()}",
         ]
+    out += [f"train.recompute.{name}=full" for name in candidate.recomputed]
     out += [
+        f"train.distributed_optimizer={str(bool(plan.problem.assumptions.distributed_optimizer)).lower()}",
         f"train.micro_batch_size={candidate.micro_batch_size}",
         f"cluster.nodes={plan.nodes}",
         f"cluster.procs_per_node={plan.gpus_per_node}",
@@ -78,6 +80,8 @@ def planned():
         special_token_ids=dict(job.layout.special_token_ids),
     )
     job.train.micro_batch_size = {mbs}
+    job.train.recompute.update({recompute!r})
+    job.train.distributed_optimizer = {distributed}
     job.cluster.nodes = {nodes}
     job.cluster.procs_per_node = {gpn}
     job.cluster.gpus_per_node = {gpus}
@@ -105,10 +109,7 @@ def render_preset(plan: Plan, candidate: Candidate, command: str, path: str) -> 
     )
     notes = ""
     if candidate.recomputed:
-        notes = (
-            f"\nThe prediction assumes full activation recomputation for {', '.join(candidate.recomputed)};\n"
-            "the job config has no field for it yet, so make sure the runtime recomputes.\n"
-        )
+        notes = f"\nThe plan recomputes activations of {', '.join(candidate.recomputed)} (train.recompute).\n"
     return _TEMPLATE.format(
         title=f"{plan.recipe_name}:{plan.preset} planned for {where}: {candidate.mode}, "
         f"predicted {candidate.step_s:.3g} s/step{gain_text}.",
@@ -125,6 +126,8 @@ def render_preset(plan: Plan, candidate: Candidate, command: str, path: str) -> 
         language=language,
         mode=candidate.mode,
         mbs=candidate.micro_batch_size,
+        recompute={name: "full" for name in candidate.recomputed},
+        distributed=bool(plan.problem.assumptions.distributed_optimizer),
         nodes=plan.nodes,
         gpn=plan.gpus_per_node,
         gpus=plan.gpus_per_node if plan.uses_gpus else 0,

@@ -133,9 +133,9 @@ def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int) -
         m = layout.module_parallelisms[w.name]
         args = (problem, w, m.tp, m.cp, m.pp, m.dp, mbs * lm.dp // m.dp,
                 micro_batches)
-        est, recompute = estimate_module(*args, False), False
+        est, recompute = estimate_module(*args, False, lm.pp), False
         if est.memory.total > problem.machine.usable_bytes and w.needs_backward:
-            est, recompute = estimate_module(*args, True), True
+            est, recompute = estimate_module(*args, True, lm.pp), True
         placements.append(Placement(w.name, m.tp, m.cp, m.pp, m.dp,
                                     m.rank_offset, recompute))
         estimates.append(est)

@@ -21,8 +21,9 @@ from .hardware import Machine
 class Assumptions:
     """Choices the model cannot read from the config (the runtime does not expose them yet)."""
 
-    distributed_optimizer: bool = True
-    """Optimizer states sharded over the data-parallel (x context-parallel) group."""
+    distributed_optimizer: bool | None = None
+    """Optimizer states sharded over the data-parallel (x context-parallel) group; None: the
+    job's ``train.distributed_optimizer`` (on with GPUs, off on CPU unless set)."""
     overlap_grad_reduce: bool = False
     """Gradient reduction overlaps the last micro-batch's backward (Megatron --overlap-grad-reduce)."""
     recompute: Literal["auto", "never", "always"] = "auto"
@@ -44,6 +45,10 @@ class ModuleWork:
     kv: int
     ffn: int
     gated_mlp: bool
+    activation: str
+    """MLP activation (swiglu, gelu, quick_gelu): what the MLP keeps for its backward."""
+    rms_norm: bool
+    rope: bool
     vocab: int
     """Vocabulary (logits memory); 0 for encoders."""
     tokens: int
@@ -166,6 +171,9 @@ def module_work(job: JobConfig) -> tuple[ModuleWork, ...]:
                 kv=kv_width(arch),
                 ffn=arch.ffn_size,
                 gated_mlp=arch.activation == "swiglu",
+                activation=arch.activation,
+                rms_norm=arch.normalization == "RMSNorm",
+                rope=is_lm and arch.position_embedding == "rope",
                 vocab=arch.vocab_size if is_lm else 0,
                 tokens=trunk_tokens(arch, seq),
                 out_tokens=arch.tokens_per_sample,
@@ -186,8 +194,8 @@ def make_problem(job: JobConfig, machine: Machine, nodes: int, gpus_per_node: in
     cpu = machine.name == "cpu"
     precision = "fp32" if cpu else job.train.precision
     assumptions = assumptions or Assumptions()
-    if cpu:  # the gloo runtime all-reduces whole fp32 gradients and keeps every optimizer state
-        assumptions = replace(assumptions, distributed_optimizer=False)
+    if assumptions.distributed_optimizer is None:
+        assumptions = replace(assumptions, distributed_optimizer=job.train.uses_distributed_optimizer(gpus=not cpu))
     return Problem(
         modules=module_work(job),
         language=job.layout.language_module,
