@@ -51,9 +51,9 @@ class Capture:
         forward, loss = engine_module.Engine._llm_forward, engine_module.Engine._loss
         capture = self
 
-        def llm_forward(engine, stage, mb):
-            capture.microbatch = mb
-            return forward(engine, stage, mb)
+        def llm_forward(engine, op, inputs, messages):
+            capture.microbatch = op.microbatch
+            return forward(engine, op, inputs, messages)
 
         def compute_loss(engine, logits, text):
             gathered = [torch.empty_like(logits) for _ in range(engine.pgcs[engine.lm].tp.size())]
