@@ -137,9 +137,11 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path, reference):
     assert_same_runs(resumed, reference, tol=1e-6)
 
 
-@pytest.mark.parametrize("recipe", ["llava", "multi_encoder"])
+@pytest.mark.parametrize("recipe", ["multi_encoder"])
 def test_tiny_preset_learns(tmp_path, recipe):
-    """The tiny presets as shipped: 50 steps on 2 CPU processes, the loss falls."""
+    """The tiny preset as shipped: 50 steps on 2 CPU processes, the loss falls. (llava tiny as
+    shipped learns a real task in tests/test_eval.py, which asserts its validation loss falls
+    and its accuracy; running it here too cost CI half a minute for nothing new.)"""
     run = run_job(tmp_path, recipe)
     assert run.returncode == 0, run.output[-3000:]
     losses = run.losses
