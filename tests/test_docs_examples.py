@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 
 #: Examples not run here, by a piece of their command, and why.
 SKIPPED = {
-    "<!-- main-command -->": "installs the package and runs the 4-minute shapes demo (its own CI step)",
+    "<!-- main-command -->": "installs the package and runs the ~6-minute shapes demo (its own CI step)",
     "<!-- test-command -->": "installs the package and runs this test suite (.ci/run runs it)",
     "status 42": "42 stands for a submitted job's id; test_slurm_examples runs status and cancel on a real one",
     "logs 42": "42 stands for a submitted job's id (logs are tested in tests/test_slurm_e2e.py)",
