@@ -84,7 +84,7 @@ def predict(profile, recipe: str, sets: list[str]) -> float:
     resolved = resolve_job(recipe, "tiny", sets=sets)
     job = resolved.config
     problem = make_problem(job, machine_from_profile(profile, "bench"), 1, resolved.world_size)
-    return evaluate_layout(problem, job.layout, job.train.micro_batch_size).step_s
+    return evaluate_layout(problem, job.layout, job.train.micro_batch_size, job.train.recompute).step_s
 
 
 def ranking(values: list[float]) -> list[int]:

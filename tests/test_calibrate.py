@@ -54,7 +54,7 @@ def _job(sets, mbs=None):
 def _predict(profile, sets, mbs=None) -> float:
     job, world = _job(sets, mbs)
     problem = make_problem(job, machine_from_profile(profile, "test"), 1, world)
-    return evaluate_layout(problem, job.layout, job.train.micro_batch_size).step_s
+    return evaluate_layout(problem, job.layout, job.train.micro_batch_size, job.train.recompute).step_s
 
 
 def _timed_run(sets, mbs) -> TimedRun:

@@ -378,9 +378,21 @@ def test_profile_from_timings_recovers_rates_and_overhead():
     assert _parse_profile(profile.to_json()).modules == profile.modules
 
 
+def test_a_layout_with_full_recompute_is_charged_its_extra_forward():
+    """The job's train.recompute reaches the prediction (it was once ignored: a full-recompute
+    layout got the step time of one without)."""
+    profile = from_plain(CalibrationProfile, {
+        **CPU_PROFILE, "modules": {"vision": {"flops_per_s": 3e9}, "llm": {"flops_per_s": 1.5e9, "tp": 2}},
+    }, "profile")
+    plain = resolve_job("llava", "tiny").config
+    full = resolve_job("llava", "tiny", sets=["train.recompute.llm=full", "train.recompute.vision=full"]).config
+    # forward + backward is ~3 forwards; a recomputed forward adds one: between +20% and +40%
+    assert 1.2 < _predict(full, profile) / _predict(plain, profile) < 1.4
+
+
 def _predict(job, profile):
     problem = make_problem(job, machine_from_profile(profile, "test"), 1, 2)
-    return evaluate_layout(problem, job.layout, job.train.micro_batch_size).step_s
+    return evaluate_layout(problem, job.layout, job.train.micro_batch_size, job.train.recompute).step_s
 
 
 def _parse_profile(text):

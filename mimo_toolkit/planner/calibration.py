@@ -344,7 +344,7 @@ def profile_from_timings(job: JobConfig, device: str, module_seconds: Mapping[st
     )
     machine = machine_from_profile(profile, "(being fitted)")
     problem = make_problem(job, machine, job.cluster.nodes or 1, job.cluster.procs_per_node)
-    predicted = evaluate_layout(problem, job.layout, job.train.micro_batch_size).step_s
+    predicted = evaluate_layout(problem, job.layout, job.train.micro_batch_size, job.train.recompute).step_s
     measured = compare_step_times(predicted, step_seconds, warmup).measured_median_s
     profile.step_overhead_s = max(0.0, measured - predicted)
     return profile

@@ -123,9 +123,11 @@ def make_candidate(problem: Problem, mode: str, mbs: int, placements: Sequence[P
     )
 
 
-def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int) -> Candidate:
-    """The prediction for an existing, finalized layout (a preset's own, or one being timed),
-    recomputing activations only for modules that would not fit otherwise."""
+def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int,
+                    recompute_of: dict[str, str] | None = None) -> Candidate:
+    """The prediction for an existing, finalized layout (a preset's own, or one being timed).
+    ``recompute_of`` is the job's ``train.recompute``: a module set to ``full`` is charged its
+    extra forward; the others recompute only if they would not fit otherwise."""
     lm = layout.language
     micro_batches = problem.global_batch // (mbs * lm.dp)
     placements, estimates = [], []
@@ -133,8 +135,9 @@ def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int) -
         m = layout.module_parallelisms[w.name]
         args = (problem, w, m.tp, m.cp, m.pp, m.dp, mbs * lm.dp // m.dp,
                 micro_batches)
-        est, recompute = estimate_module(*args, False, lm.pp), False
-        if est.memory.total > problem.machine.usable_bytes and w.needs_backward:
+        recompute = (recompute_of or {}).get(w.name) == "full" and w.needs_backward
+        est = estimate_module(*args, recompute, lm.pp)
+        if not recompute and est.memory.total > problem.machine.usable_bytes and w.needs_backward:
             est, recompute = estimate_module(*args, True, lm.pp), True
         placements.append(Placement(w.name, m.tp, m.cp, m.pp, m.dp,
                                     m.rank_offset, recompute))

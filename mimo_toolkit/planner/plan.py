@@ -149,4 +149,4 @@ def _current_layout(plan: Plan) -> Candidate | None:
         resolved = validate(job, world)
     except UserError:
         return None
-    return evaluate_layout(plan.problem, resolved.config.layout, job.train.micro_batch_size)
+    return evaluate_layout(plan.problem, resolved.config.layout, job.train.micro_batch_size, job.train.recompute)
