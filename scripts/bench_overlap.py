@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Heterogeneous overlap: an encoder and an LLM on their own processes, working concurrently.
 
-Runs the same job twice on CPU, one thread per process:
+Runs the same job in pairs on CPU, one thread per process:
   alone:          1 process, both modules (homogeneous layout) -> each module's step time alone
   heterogeneous:  2 processes, vision on rank 0, LLM on rank 1   -> the overlapped step time
 and prints overlap = (T_encoder_alone + T_llm_alone) / T_heterogeneous_step (medians of the
-timed steps; the heterogeneous job runs ``--repeat`` times and all are printed). With 8
+timed steps) for each of ``--repeat`` pairs and their median. Each pair runs back to back, so
+its ratio is measured side by side: on a shared VM the machine's speed drifts by tens of
+percent over minutes, and an "alone" time measured once and divided by a heterogeneous time
+measured minutes later mixes that drift into the ratio. With 8
 micro-batches and equal module costs the ideal is 2*8/9 = 1.78 (16: 2*16/17 = 1.88). Also
 prints each module's busy and idle fraction of the heterogeneous step, and what the machine
 itself costs two busy processes: the "alone" job run twice side by side (no communication
@@ -111,37 +114,39 @@ def main() -> None:
     m = args.microbatches
     sets = [*EQUAL_COST, f"train.global_batch_size={m}", f"train.steps={args.steps + 2}", *args.set]
     encoders = ["vision"] if args.recipe == "llava" else ["vision", "audio"]
-    alone = run(args.recipe, [*sets, *ALONE], 1)[0][2:]
-    hets = []
-    for k in range(args.repeat):
-        rows, run_dir = run(args.recipe, [*sets, *hetero_sets(args.recipe)], len(encoders) + 1, trace=k == 0 and bool(args.trace))
-        hets.append(rows[2:])
-        if k == 0 and args.trace:
-            labels = {r: f"rank {r}: {name}" for r, name in enumerate([*encoders, "llm"])}
-            write_trace(run_dir, rows[2:], args.trace, labels)
+    modules = [*encoders, "llm"]
 
     def module_s(rows: list[dict], module: str) -> float:
         return med(rows, lambda r: work_s(r, module))
 
-    solo = {name: module_s(alone, name) for name in [*encoders, "llm"]}
-    t_alone = med(alone, lambda r: r["step_time_s"])
+    alones, hets = [], []
+    for k in range(args.repeat):  # pairs: alone, then heterogeneous, back to back
+        alones.append(run(args.recipe, [*sets, *ALONE], 1)[0][2:])
+        rows, run_dir = run(args.recipe, [*sets, *hetero_sets(args.recipe)], len(encoders) + 1, trace=k == 0 and bool(args.trace))
+        hets.append(rows[2:])
+        if k == 0 and args.trace:
+            labels = {r: f"rank {r}: {name}" for r, name in enumerate(modules)}
+            write_trace(run_dir, rows[2:], args.trace, labels)
+
+    solos = [{name: module_s(alone, name) for name in modules} for alone in alones]
+    totals = [sum(solo.values()) for solo in solos]
     t_hets = [med(rows, lambda r: r["step_time_s"]) for rows in hets]
-    t_het = statistics.median(t_hets)
-    het = hets[t_hets.index(t_het)] if t_het in t_hets else hets[0]
-    total = sum(solo.values())
+    overlaps = [total / t for total, t in zip(totals, t_hets)]
+    middle = sorted(range(args.repeat), key=lambda k: overlaps[k])[args.repeat // 2]  # the median pair
+    solo, total, t_het, het = solos[middle], totals[middle], t_hets[middle], hets[middle]
     stages = len(encoders) + 1
     print(f"{args.recipe}: {m} micro-batches per step, {args.steps} timed steps, 1 thread per process")
-    print("alone (1 process): " + " + ".join(f"{n} {t * 1000:.0f} ms" for n, t in solo.items())
-          + f" per step (step {t_alone * 1000:.0f} ms)")
-    print(f"heterogeneous ({stages} processes): step " + ", ".join(f"{t * 1000:.0f}" for t in t_hets) + " ms")
+    for k in range(args.repeat):
+        print(f"pair {k + 1}: alone (1 process) " + " + ".join(f"{n} {t * 1000:.0f}" for n, t in solos[k].items())
+              + f" = {totals[k] * 1000:.0f} ms; heterogeneous ({stages} processes) step {t_hets[k] * 1000:.0f} ms; "
+              f"overlap {overlaps[k]:.2f}")
+    print(f"median pair ({middle + 1}):")
     for module, alone_s in solo.items():
         busy = med(het, lambda r: work_s(r, module) / r["step_time_s"])
         print(f"  {module:6s} busy {busy:5.1%}  idle {1 - busy:5.1%} of the step "
               f"({busy * t_het * 1000:.0f} ms of work that takes {alone_s * 1000:.0f} ms alone)")
-    overlaps = [total / t for t in t_hets]
     ideal = stages * m / (m + stages - 1) if args.recipe == "llava" else None
-    print(f"overlap = {total * 1000:.0f} / step: " + ", ".join(f"{o:.2f}" for o in overlaps)
-          + f"; median {statistics.median(overlaps):.2f}"
+    print("overlap: " + ", ".join(f"{o:.2f}" for o in overlaps) + f"; median {statistics.median(overlaps):.2f}"
           + (f" (ideal 2*{m}/{m + 1} = {ideal:.2f}, target >= 1.6)" if ideal else ""))
     if args.no_side_by_side or args.recipe != "llava":
         return
