@@ -40,7 +40,7 @@ INIT_SETS = ["model.llm.hidden_size=2048", "model.llm.num_layers=16", "model.llm
              "model.llm.num_attention_heads=16", "model.llm.vocab_size=32000", "train.seq_length=128",
              "layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2"]  # homogeneous: one TP for all
 STEP_SETS = ["model.llm.vocab_size=32000", "model.llm.hidden_size=256", "model.llm.ffn_hidden_size=512",
-             "train.seq_length=256", "train.micro_batch_size=4", "train.global_batch_size=16",
+             "train.seq_length=256", "model.llm.max_sequence_length=256", "train.micro_batch_size=4", "train.global_batch_size=16",
              "train.steps=8", "train.save_interval=0"]
 DATA_SETS = ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1", "cluster.procs_per_node=1",
              "model.vision.image_size=224", "model.vision.patch_size=32", "train.seq_length=96",
