@@ -114,3 +114,22 @@ def test_gpu_check_script_parses_and_its_jobs_validate():
                                                 "train.global_batch_size=16"])
     assert speed.world_size == 1 and speed.config.train.micro_batch_size == 8
     assert resolve_job("llava", "tiny", sets=gpu).world_size == 1
+
+
+def test_gpu_check_counts_skips_apart_and_refuses_unknown_phases(tmp_path):
+    """A check the machine cannot run (no transformer-engine) is SKIP, not a failure; a rerun
+    of some phases (``--only``) names only real ones."""
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    report = gpu_check.Report()
+    report.check("a", True)
+    report.skip("b", "not installed")
+    report.check("c", False)
+    assert report.failures == 1 and [c["ok"] for c in report.checks] == [True, None, False]
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--cpu", "--out", str(tmp_path), "--only", "environment,speeed"])
+    assert exit_info.value.code == 2 and not (tmp_path / "gpu_check.json").exists()

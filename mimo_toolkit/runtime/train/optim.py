@@ -92,6 +92,13 @@ class ModuleOptimizer:
         self.masters = [
             s.value if s.value.dtype == torch.float32 else s.value.detach().float().clone() for s in self.segments
         ]
+        # Tensor lists for the multi-tensor (``torch._foreach_*``) kernels: a few launches per
+        # step instead of several per parameter, which on a GPU left it idle for ~20 ms of
+        # launches after each step's synchronisation (scripts/bench_runtime_overhead.py --gpu).
+        self.grads = [s.grad for s in self.segments]
+        self.norm_grads = [s.grad for s, c in zip(self.segments, self.counts) if c]
+        self.copies = ([s.value for s, m in zip(self.segments, self.masters) if m is not s.value],
+                       [m for s, m in zip(self.segments, self.masters) if m is not s.value])
         decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim >= 2]
         no_decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim < 2]
         groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -124,28 +131,26 @@ class ModuleOptimizer:
     def grad_sq(self) -> torch.Tensor:
         """Sum of squared gradients this rank contributes to the global norm."""
         device = self.masters[0].device if self.masters else "cpu"
-        total = torch.zeros((), dtype=torch.float32, device=device)
-        if self.counted_here:
-            for s, counts in zip(self.segments, self.counts):
-                if counts:
-                    total += s.grad.float().pow(2).sum()
-        return total
+        if not (self.counted_here and self.norm_grads):
+            return torch.zeros((), dtype=torch.float64, device=device)
+        norms = torch._foreach_norm(self.norm_grads, 2, dtype=torch.float32)  # one multi-tensor kernel
+        return torch.stack(norms).double().pow(2).sum()
 
     def step(self, clip_coef: float) -> float:
         lr = self.schedule.lr()
+        if clip_coef != 1.0 and self.grads:
+            torch._foreach_mul_(self.grads, clip_coef)  # the buffer is zeroed before the next step anyway
         for s, m in zip(self.segments, self.masters):
-            if clip_coef != 1.0:
-                s.grad.mul_(clip_coef)  # the buffer is zeroed before the next step anyway
             m.grad = s.grad
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
-        with torch.no_grad():
-            for s, m in zip(self.segments, self.masters):
-                m.grad = None
-                if m is not s.value:
-                    s.value.copy_(m)
+        for m in self.masters:
+            m.grad = None
+        if self.copies[0]:
+            with torch.no_grad():
+                torch._foreach_copy_(*self.copies)  # fp32 masters into the bf16 parameters
         self.wrapper.finish_param_sync()
         self.schedule.step += 1
         self.updates += 1
@@ -201,23 +206,22 @@ def step_consensus(
     distributed optimizer, by the replica that holds its shard (``ModuleOptimizer.grad_sq``);
     loss sums come from TP rank 0 of the last LLM stage.
     """
-    head = 5
-    vec = torch.zeros(head + len(module_names), dtype=torch.float64, device=device)
-    vec[0], vec[1], vec[2], vec[3], vec[4] = loss_sum, loss_tokens, float(stop), *bridge_bytes
-    for i, name in enumerate(module_names):
-        if name in optimizers:
-            vec[head + i] = optimizers[name].grad_sq().double()
+    head = [loss_sum, loss_tokens, float(stop), *bridge_bytes]
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    squares = [optimizers[name].grad_sq().to(device) if name in optimizers else zero for name in module_names]
+    vec = torch.cat([torch.tensor(head, dtype=torch.float64).to(device), torch.stack(squares)])
     dist.all_reduce(vec)
-    squares = vec[head:].tolist()
+    values = vec.tolist()  # the one host synchronisation of the consensus
+    squares = values[len(head):]
     total = sum(squares)
     return Consensus(
         grad_norm=math.sqrt(total) if math.isfinite(total) else float("nan"),
         module_grad_norms={n: math.sqrt(s) if math.isfinite(s) else float("nan") for n, s in zip(module_names, squares)},
         finite=math.isfinite(total),
-        loss=vec[0].item() / max(vec[1].item(), 1.0),
-        loss_tokens=int(vec[1].item()),
-        stop=vec[2].item() > 0,
-        bridge_bytes={"forward": int(vec[3].item()), "backward": int(vec[4].item())},
+        loss=values[0] / max(values[1], 1.0),
+        loss_tokens=int(values[1]),
+        stop=values[2] > 0,
+        bridge_bytes={"forward": int(values[3]), "backward": int(values[4])},
     )
 
 
