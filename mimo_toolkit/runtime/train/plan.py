@@ -5,7 +5,8 @@ A rank runs its operation list (``schedule.py``) as
     boundary 0, op 0, boundary 1, op 1, ..., op n-1, boundary n
 
 where boundary ``k`` posts, together, the point-to-point **sends of op k-1** (its outputs
-for other ranks) and the **receives of op k** (its inputs), and op ``k`` then runs its
+for other ranks) and the **receives of op k** (its inputs; of op k+1 where the schedule
+allows posting them one operation early, :data:`RECEIVES_AHEAD`), and op ``k`` then runs its
 collectives (tensor-parallel all-reduces, the bridge's broadcast or all-to-all) and its
 compute. This is megatron-core's 1F1B pairing (``send_forward_recv_backward``,
 ``send_backward_recv_forward`` in ``pipeline_parallel/schedules.py``) generalised to every
@@ -27,6 +28,15 @@ from dataclasses import dataclass, field
 from ...layout import MimoParallelismConfig
 from ..parallel.routes import BridgeRoute, bridge_routes, group_ranks, leader, route_samples, stage_rank
 from .schedule import Op, roles_of_rank
+
+
+RECEIVES_AHEAD = 1
+"""Receives are posted this many operations earlier than right before the operation that
+needs them, where the schedule allows it (``rendezvous.step_programs``). With gloo (and
+NCCL) a transfer starts only once both sides have posted it: a receive posted right before
+its operation makes that operation wait for the whole exchange (~3 ms per bridge message on
+CPU, issue #13) even when the sender finished long before; one operation ahead, the
+transfer runs while the previous operation computes."""
 
 
 @dataclass(frozen=True)
@@ -166,15 +176,21 @@ class RankPlan:
         """After the last operation every rank joins the step's consensus all-reduce."""
         return [Collective(tuple(range(self.layout.world_size())), "step consensus")]
 
-    def program(self, ops: list[Op]) -> "StepProgram":
+    def program(self, ops: list[Op], receives_ahead: int = 0) -> "StepProgram":
         """The default placement: each op's sends at the boundary right after it, each op's
-        receives at the boundary right before it (``rendezvous.step_programs`` moves what
-        would deadlock)."""
-        boundaries = [Boundary([], self.receives(ops[0]) if ops else [], None, ops[0] if ops else None)]
+        receives ``receives_ahead`` boundaries before the one right before it
+        (``rendezvous.step_programs`` moves what would deadlock)."""
+        inputs = [self.receives(op) for op in ops]
+
+        def posted(k: int) -> list[Message]:  # the receives of boundary k
+            first = 0 if k == 0 else k + receives_ahead
+            return [m for got in inputs[first : k + receives_ahead + 1] for m in got]
+
+        boundaries = [Boundary([], posted(0), None, ops[0] if ops else None)]
         for k, op in enumerate(ops):
             nxt = ops[k + 1] if k + 1 < len(ops) else None
-            boundaries.append(Boundary(self.sends(op), self.receives(nxt) if nxt else [], op, nxt))
-        return StepProgram(list(ops), boundaries, [self.receives(op) for op in ops], [self.sends(op) for op in ops],
+            boundaries.append(Boundary(self.sends(op), posted(k + 1), op, nxt))
+        return StepProgram(list(ops), boundaries, inputs, [self.sends(op) for op in ops],
                            [self.collectives(op) for op in ops], self.step_start(), self.step_end())
 
 

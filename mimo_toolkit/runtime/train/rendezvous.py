@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 from ...layout import MimoParallelismConfig
-from .plan import Boundary, Collective, Event, Message, RankPlan, StepProgram, all_routes, rank_ops
+from .plan import RECEIVES_AHEAD, Boundary, Collective, Event, Message, RankPlan, StepProgram, all_routes, rank_ops
 from .schedule import build_schedule
 
 
@@ -208,11 +208,11 @@ class Replay:
 
 
 def default_programs(layout: MimoParallelismConfig, microbatches: int, backward: set[str],
-                     samples: int | None = None) -> dict[int, StepProgram]:
+                     samples: int | None = None, receives_ahead: int = 0) -> dict[int, StepProgram]:
     """Every rank's step with the default placement (before :func:`step_programs` repairs it)."""
     schedule = build_schedule(layout, microbatches, backward)
     routes = all_routes(layout, samples)
-    return {rank: RankPlan(layout, rank, backward, routes).program(rank_ops(schedule, layout, rank))
+    return {rank: RankPlan(layout, rank, backward, routes).program(rank_ops(schedule, layout, rank), receives_ahead)
             for rank in range(layout.world_size())}
 
 
@@ -229,10 +229,17 @@ def replay(programs: dict[int, StepProgram], repair: bool = False) -> None:
 
 def step_programs(layout: MimoParallelismConfig, microbatches: int, backward: set[str],
                   samples: int | None = None) -> dict[int, StepProgram]:
-    """Every rank's step program with messages placed so that it cannot deadlock."""
-    programs = default_programs(layout, microbatches, backward, samples)
-    replay(programs, repair=True)
-    return programs
+    """Every rank's step program with messages placed so that it cannot deadlock: receives
+    posted :data:`~.plan.RECEIVES_AHEAD` operations early where that placement completes
+    (every rank's, under rendezvous semantics), else right before their operations."""
+    try:
+        programs = default_programs(layout, microbatches, backward, samples, RECEIVES_AHEAD)
+        replay(programs, repair=True)
+        return programs
+    except ScheduleError:
+        programs = default_programs(layout, microbatches, backward, samples)
+        replay(programs, repair=True)
+        return programs
 
 
 def check_schedule(layout: MimoParallelismConfig, microbatches: int, backward: set[str]) -> None:
