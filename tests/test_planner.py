@@ -155,6 +155,43 @@ def test_frozen_modules_hold_only_weights_and_recompute_saves_activations():
     assert module_memory(p, llm, 1, 1, 1, 8, 4, 8, True).activations < frozen.activations / 5
 
 
+@pytest.mark.parametrize("sets", [
+    ["layout.mode=homogeneous", "layout.llm.tp=1", "layout.vision.tp=1"],
+    ["layout.llm.tp=1", "layout.llm.pp=2"],  # colocated: encoder forwards first
+    ["cluster.procs_per_node=2", "layout.mode=heterogeneous", "layout.vision.dp=1", "layout.llm.tp=1",
+     "layout.llm.dp=1", "layout.llm.rank_offset=1"],
+    ["cluster.procs_per_node=3", "layout.mode=heterogeneous", "layout.vision.dp=1", "layout.llm.tp=1",
+     "layout.llm.pp=2", "layout.llm.dp=1", "layout.llm.rank_offset=1"],
+], ids=["homogeneous", "colocated-pp2", "heterogeneous", "heterogeneous-pp2"])
+def test_micro_batches_in_flight_are_the_schedules(sets):
+    """The memory model's activations per stage assume ``in_flight`` micro-batches; the
+    schedule the runtime executes decides it (forwards not yet matched by their backward)."""
+    from mimo_toolkit.planner.memory import in_flight
+    from mimo_toolkit.resolve import resolve_job
+    from mimo_toolkit.runtime.train.schedule import backward_modules, build_schedule
+
+    job = resolve_job("llava", "tiny", sets=["train.global_batch_size=32", "train.micro_batch_size=2", *sets]).config
+    layout = job.layout
+    p = make_problem(job, builtin_machine("h100"), 1, layout.world_size())
+    m = job.train.global_batch_size // (job.train.micro_batch_size * layout.language.dp)
+    hetero = layout.deployment_mode == "heterogeneous"
+    checked = 0
+    for ops in build_schedule(layout, m, backward_modules(job)).values():
+        for w in p.modules:
+            for stage in range(layout.module_parallelisms[w.name].pp):
+                mine = [op for op in ops if op.module == w.name and op.stage == stage]
+                if not mine:
+                    continue
+                depth = peak = 0
+                for op in mine:
+                    depth += 1 if op.kind == "F" else -1
+                    peak = max(peak, depth)
+                assert peak == in_flight(w, layout.module_parallelisms[w.name].pp, stage, m, layout.language.pp,
+                                         hetero), (w.name, stage)
+                checked += 1
+    assert checked >= 2
+
+
 # ---- search ---------------------------------------------------------------------------------
 
 
@@ -449,3 +486,22 @@ def test_planning_imports_neither_torch_nor_megatron():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_memory_model_sizes_encoders_for_the_most_images_a_sample_carries():
+    """Synthetic vision samples alternate 1 and 2 images; the planner's bound must be the
+    dataset's own maximum (read from the samples, torch), or a micro-batch of two-image
+    samples outgrows the predicted activations (it did: the vision-only rank of
+    bench_memory measured 17 MiB per micro-batch for 10 predicted)."""
+    from mimo_toolkit.media_counts import max_items_per_sample
+    from mimo_toolkit.resolve import resolve_job
+    from mimo_toolkit.runtime.datasets.synthetic import SyntheticDataset
+
+    for seq, expected in ((256, 2), (128, 1)):  # two 64-token images fit in 256 tokens, not in 128
+        job = resolve_job("llava", "tiny", sets=[f"train.seq_length={seq}", f"model.llm.max_sequence_length={seq}",
+                                                 "model.vision.image_size=64", "model.vision.patch_size=8"]).config
+        data = SyntheticDataset(job, num_samples=8)
+        seen = max(data.get(i, {"vision"}).media["vision"].shape[0] for i in range(8))
+        assert seen == max_items_per_sample(job, "vision") == expected
+        p = make_problem(job, builtin_machine("h100"), 1, 1)
+        assert p.modules[0].items_per_sample == expected and p.llm.items_per_sample == 1

@@ -136,9 +136,10 @@ def evaluate_layout(problem: Problem, layout: MimoParallelismConfig, mbs: int,
         args = (problem, w, m.tp, m.cp, m.pp, m.dp, mbs * lm.dp // m.dp,
                 micro_batches)
         recompute = (recompute_of or {}).get(w.name) == "full" and w.needs_backward
-        est = estimate_module(*args, recompute, lm.pp)
+        ahead = (lm.pp, layout.deployment_mode == "heterogeneous")
+        est = estimate_module(*args, recompute, *ahead)
         if not recompute and est.memory.total > problem.machine.usable_bytes and w.needs_backward:
-            est, recompute = estimate_module(*args, True, lm.pp), True
+            est, recompute = estimate_module(*args, True, *ahead), True
         placements.append(Placement(w.name, m.tp, m.cp, m.pp, m.dp,
                                     m.rank_offset, recompute))
         estimates.append(est)

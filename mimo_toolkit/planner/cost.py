@@ -66,12 +66,14 @@ def stage_share(w: ModuleWork, pp: int) -> float:
 
 
 def estimate_module(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp: int,
-                    micro_samples: int, micro_batches: int, recompute: bool, llm_pp: int = 1) -> ModuleEstimate:
+                    micro_samples: int, micro_batches: int, recompute: bool, llm_pp: int = 1,
+                    heterogeneous: bool = False) -> ModuleEstimate:
     """Time and memory of module ``w`` on a ``tp x cp x pp x dp`` grid.
 
     ``micro_samples`` is the samples one replica takes per global micro-batch
     (``mbs x llm.dp / dp``), ``micro_batches`` the global micro-batches per step; ``llm_pp``
-    sets how far encoders run ahead (their micro-batches in flight).
+    and ``heterogeneous`` (an encoder on ranks of its own) set how far encoders run ahead
+    (their micro-batches in flight).
     """
     mach = problem.machine
     recompute = recompute and w.needs_backward
@@ -87,7 +89,8 @@ def estimate_module(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, 
         sync_s=sync,
         compute_s=micro_batches * compute,
         bubble=bubble_fraction(pp, micro_batches),
-        memory=module_memory(problem, w, tp, cp, pp, dp, micro_samples, micro_batches, recompute, llm_pp),
+        memory=module_memory(problem, w, tp, cp, pp, dp, micro_samples, micro_batches, recompute, llm_pp,
+                             heterogeneous),
     )
 
 

@@ -11,7 +11,9 @@ tensor it updates (``sqrt(v)`` and its bias-corrected copy), after the activatio
 the fused GPU kernel holds none.
 
 Activations: what each layer keeps for its backward, per token and in elements of the
-compute width, by backend.
+compute width, by backend. An encoder's tokens per sample are its tokens per item times the
+most items a sample carries (``media_counts.py``: synthetic vision samples alternate 1 and 2
+images, so a micro-batch may hold two per sample).
 
 * ``te`` (GPUs, transformer-engine, flash attention; Korthikanti et al. 2022 without dropout
   masks): layer-norm inputs 2h, QKV input h, Q h, K and V 2kv, attention output h, MLP
@@ -25,9 +27,14 @@ compute width, by backend.
   recompute saves almost nothing here (measured: the log-sum-exp); ``full`` keeps each
   layer's input (h) and, while the backward recomputes a layer, that one layer's activations.
 
-A stage keeps the activations of the micro-batches in flight (1F1B: ``min(pp - stage, m)``
-on LLM stage ``stage``; encoders run ahead of the LLM's first stage by its depth,
-``min(1 + llm pp, m)``); a forward-only module keeps one layer's working set. The last LLM
+A stage keeps the activations of the micro-batches in flight, as the schedule
+(``runtime/train/schedule.py``) orders them: ``min(pp - stage, m)`` on LLM stage ``stage``
+(1F1B); an encoder on the LLM's ranks keeps one when the LLM is not pipelined (each
+micro-batch's backward comes before the next forward), else runs ahead of the LLM's first
+stage by its depth, ``min(1 + llm pp, m)``; an encoder on ranks of its own (heterogeneous)
+keeps ``ENCODER_RUN_AHEAD`` more, ``min(2 + llm pp, m)``. ``tests/test_planner.py`` checks
+these counts against the schedule's operation lists. A forward-only module keeps one layer's
+working set. The last LLM
 stage's loss makes :data:`LOSS_COPIES` fp32 copies of its vocabulary-parallel logits at
 once (``runtime/parallel/loss.py``).
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime.train.schedule import ENCODER_RUN_AHEAD  # torch-free, like this module
 from .workload import ModuleWork, Problem
 
 #: fp32 logits-sized tensors alive at once in the loss's forward (logits, masked, shifted,
@@ -99,7 +107,7 @@ def activation_bytes(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int,
                      in_flight: int, recompute: bool | str, stage: int = 0) -> float:
     """Peak activation bytes of pipeline stage ``stage`` with ``in_flight`` micro-batches kept."""
     mode = _mode(recompute)
-    tokens = micro_samples * w.tokens / cp
+    tokens = micro_samples * w.items_per_sample * w.tokens / cp
     width = problem.act_bytes / tp
     one_layer = tokens * activation_elements_per_token(w, backend_of(problem)) * width
     last = stage == pp - 1
@@ -159,19 +167,25 @@ def largest_tensor(w: ModuleWork, pp: int, stage: int) -> float:
     return biggest
 
 
-def in_flight(w: ModuleWork, pp: int, stage: int, micro_batches: int, llm_pp: int) -> int:
+def in_flight(w: ModuleWork, pp: int, stage: int, micro_batches: int, llm_pp: int,
+              heterogeneous: bool = False) -> int:
     """Micro-batches whose activations a stage keeps (``runtime/train/schedule.py``)."""
     if w.is_language:
         return min(pp - stage, micro_batches)
-    return min(1 + llm_pp, micro_batches)
+    if heterogeneous:
+        return min(1 + llm_pp + ENCODER_RUN_AHEAD, micro_batches)
+    if llm_pp == 1:
+        return 1  # on the LLM's ranks, each micro-batch's backward comes before the next forward
+    return min(1 + llm_pp, micro_batches)  # forwards first, up to the pipeline's depth
 
 
 def module_memory(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp: int,
                   micro_samples: int, micro_batches: int, recompute: bool | str,
-                  llm_pp: int = 1) -> MemoryBreakdown:
+                  llm_pp: int = 1, heterogeneous: bool = False) -> MemoryBreakdown:
     """Bytes on the heaviest rank of a ``tp x cp x pp x dp`` grid of module ``w``."""
     stages = [stage_memory(problem, w, tp, cp, pp, dp, s, micro_samples,
-                           in_flight(w, pp, s, micro_batches, llm_pp), recompute) for s in range(pp)]
+                           in_flight(w, pp, s, micro_batches, llm_pp, heterogeneous), recompute)
+              for s in range(pp)]
     return max(stages, key=lambda m: m.total)
 
 
@@ -189,7 +203,8 @@ def rank_memory(problem: Problem, layout, rank: int, micro_batch_size: int,
         if coords is None:
             continue
         samples = micro_batch_size * lm.dp // par.dp
-        flight = in_flight(w, par.pp, coords["pp"], micro_batches, lm.pp)
+        flight = in_flight(w, par.pp, coords["pp"], micro_batches, lm.pp,
+                           layout.deployment_mode == "heterogeneous")
         parts.append(stage_memory(problem, w, par.tp, par.cp, par.pp, par.dp, coords["pp"], samples, flight,
                                   (recompute or {}).get(w.name, "none")))
     total = MemoryBreakdown(0.0, 0.0, 0.0, 0.0)

@@ -182,18 +182,22 @@ class _Search:
         if count > 0:
             self.log.layouts[self.mode, reason] += count
 
-    def estimate(self, i: int, s: Shape, dp: int, b: int, m: int, rc: bool) -> ModuleEstimate:
-        key = (i, s, dp, b, m, rc)
+    def estimate(self, i: int, s: Shape, dp: int, b: int, m: int, rc: bool, llm_pp: int = 1,
+                 heterogeneous: bool = False) -> ModuleEstimate:
+        """Module ``i``'s estimate; ``llm_pp`` and ``heterogeneous`` only change an encoder's
+        micro-batches in flight (its activations)."""
+        key = (i, s, dp, b, m, rc, llm_pp, heterogeneous)
         est = self.memo.get(key)
         if est is None:
-            est = estimate_module(self.p, self.p.modules[i], s.tp, s.cp, s.pp, dp, b, m, rc)
+            est = estimate_module(self.p, self.p.modules[i], s.tp, s.cp, s.pp, dp, b, m, rc, llm_pp, heterogeneous)
             self.memo[key] = est
         return est
 
-    def fitting(self, i: int, s: Shape, dp: int, b: int, m: int) -> tuple[ModuleEstimate, bool] | None:
+    def fitting(self, i: int, s: Shape, dp: int, b: int, m: int, llm_pp: int = 1,
+                heterogeneous: bool = False) -> tuple[ModuleEstimate, bool] | None:
         """The fastest recomputation choice with which module ``i`` alone fits in memory."""
         for rc in self.recompute[i]:
-            est = self.estimate(i, s, dp, b, m, rc)
+            est = self.estimate(i, s, dp, b, m, rc, llm_pp, heterogeneous)
             if est.memory.total <= self.cap:
                 return est, rc
         return None
@@ -224,8 +228,10 @@ class _Search:
     def _joint(self, mode: str, mbs: int, specs: list[tuple[Shape, int, int]], m: int) -> None:
         """All modules on every rank: choose recomputation per module so that their sum fits."""
         placements = [Placement(w.name, s.tp, s.cp, s.pp, dp) for w, (s, dp, _) in zip(self.p.modules, specs)]
+        llm_pp = specs[-1][0].pp
         options = [
-            [(rc, self.estimate(i, s, dp, b, m, rc)) for rc in self.recompute[i]] for i, (s, dp, b) in enumerate(specs)
+            [(rc, self.estimate(i, s, dp, b, m, rc, llm_pp)) for rc in self.recompute[i]]
+            for i, (s, dp, b) in enumerate(specs)
         ]
         bridge = bridge_s(self.p, mode, [p.grid for p in placements], m)
         best: tuple[float, tuple] | None = None
@@ -359,7 +365,7 @@ class _Search:
                 reason = encoder_reason(mbs, llm.dp, dp) or ("tp_straddle" if straddles(offset, es.tp) else None)
                 if not self._passes(reason, others):
                     continue
-                fit = self.fitting(i, es, dp, mbs * llm.dp // dp, m)
+                fit = self.fitting(i, es, dp, mbs * llm.dp // dp, m, llm.pp, heterogeneous=True)
                 if fit is None:
                     self.prune("oom", others)
                     continue

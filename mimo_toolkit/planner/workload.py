@@ -14,6 +14,7 @@ from typing import Literal
 from ..config import JobConfig, LanguageModel
 from ..costs.flops import ForwardFlops, forward_flops, training_work, trunk_tokens
 from ..costs.params import ParamCounts, count_params, kv_width
+from ..media_counts import max_items_per_sample
 from .hardware import Machine
 
 
@@ -55,6 +56,9 @@ class ModuleWork:
     """Tokens through the transformer layers per sample."""
     out_tokens: int
     """Embeddings handed to the LLM per sample (encoders)."""
+    items_per_sample: int
+    """The most media items one sample gives this encoder (``media_counts.py``): a micro-batch's
+    activations are sized for it (``tokens`` and the FLOPs are per item)."""
     params: ParamCounts
     flops: ForwardFlops
     body_multiplier: int
@@ -177,6 +181,7 @@ def module_work(job: JobConfig) -> tuple[ModuleWork, ...]:
                 vocab=arch.vocab_size if is_lm else 0,
                 tokens=trunk_tokens(arch, seq),
                 out_tokens=arch.tokens_per_sample,
+                items_per_sample=1 if is_lm else max_items_per_sample(job, part.name),
                 params=count_params(arch, lm.hidden_size),
                 flops=forward_flops(arch, lm.hidden_size, seq),
                 body_multiplier=part.body_multiplier,

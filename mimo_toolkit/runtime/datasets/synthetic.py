@@ -7,6 +7,7 @@ from collections.abc import Collection
 import torch
 
 from ...config import AudioEncoder, JobConfig, VisionEncoder
+from ...media_counts import synthetic_items
 from .sample import BOS_ID, EOS_ID, Sample, make_sample
 
 
@@ -37,23 +38,13 @@ class SyntheticDataset:
     def __len__(self) -> int:
         return self.num_samples
 
-    MIN_TEXT = 8
-
-    def _items(self, name: str, index: int) -> int:
-        """1 or 2 images (alternating) when two fit in the sequence; 1 clip of audio."""
-        if not isinstance(self.encoders[name], VisionEncoder) or index % 2 == 0:
-            return 1
-        placeholders = sum(a.tokens_per_sample for a in self.encoders.values())
-        fits = placeholders + self.encoders[name].tokens_per_sample + self.MIN_TEXT + 2 <= self.seq_length
-        return 2 if fits else 1
-
     def get(self, index: int, modalities: Collection[str]) -> Sample:
         gen = torch.Generator().manual_seed(self.job.train.seed * 1_000_003 + self.offset + index)
         cls = int(torch.randint(self.NUM_CLASSES, (1,), generator=gen))
         ids = [BOS_ID]
         media = {}
         for name, arch in self.encoders.items():
-            items = self._items(name, index)
+            items = synthetic_items(self.job, name, index)
             ids += [self.token_ids[name]] * (items * arch.tokens_per_sample)
             if name in modalities:
                 media[name] = _synthetic_media(arch, cls, items, gen)
