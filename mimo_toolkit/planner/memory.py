@@ -1,14 +1,11 @@
-"""Memory per rank of one module's shard: weights, gradients, optimizer states, activations,
-and the optimizer step's temporaries.
+"""Memory per rank of one module's shard: weights, gradients, optimizer states, activations.
 
 Weights and states (what the runtime allocates): weights in the compute dtype; an fp32
 ``main_grad`` buffer per trained parameter; Adam's two fp32 moments, plus fp32 master weights
 when the weights are bf16 (fp32 runs update the weights in place): 4 + 4 + 8 = 16 bytes per
 trained parameter in fp32, 2 + 4 + 12 = 18 in bf16, the optimizer part divided by d = dp x cp
-with a distributed optimizer. Frozen parameters cost their weights only. On CPU the optimizer
-step (torch's single-tensor AdamW, one tensor at a time) holds two temporaries the size of the
-tensor it updates (``sqrt(v)`` and its bias-corrected copy), after the activations are freed;
-the fused GPU kernel holds none.
+with a distributed optimizer. Frozen parameters cost their weights only. The optimizer step
+(torch's fused AdamW, on GPUs and CPUs) holds no tensor-sized temporaries.
 
 Activations: what each layer keeps for its backward, per token and in elements of the
 compute width, by backend. An encoder's tokens per sample are its tokens per item times the
@@ -61,12 +58,10 @@ class MemoryBreakdown:
     gradients: float
     optimizer: float
     activations: float
-    step_temporaries: float = 0.0
-    """The optimizer step's temporaries (the activations are freed by then)."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + max(self.activations, self.step_temporaries)
+        return self.weights + self.gradients + self.optimizer + self.activations
 
     def __add__(self, other: "MemoryBreakdown") -> "MemoryBreakdown":
         return MemoryBreakdown(
@@ -74,7 +69,6 @@ class MemoryBreakdown:
             self.gradients + other.gradients,
             self.optimizer + other.optimizer,
             self.activations + other.activations,
-            self.step_temporaries + other.step_temporaries,
         )
 
 
@@ -144,27 +138,12 @@ def stage_memory(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp:
     params, trained = _stage_params(w, pp, stage)
     shards = (dp * cp) if problem.assumptions.distributed_optimizer else 1
     state = trained / tp * problem.optimizer_bytes / shards
-    fused = backend_of(problem) == "te"
     return MemoryBreakdown(
         weights=params / tp * problem.act_bytes,
         gradients=trained / tp * problem.grad_bytes,
         optimizer=state,
         activations=activation_bytes(problem, w, tp, cp, pp, micro_samples, in_flight, recompute, stage),
-        step_temporaries=0.0 if fused or not trained else 2 * 4 * min(largest_tensor(w, pp, stage), trained / shards) / tp,
     )
-
-
-def largest_tensor(w: ModuleWork, pp: int, stage: int) -> float:
-    """Elements of the largest trained tensor on a stage (before the tp split): the CPU AdamW
-    updates one tensor at a time and holds two temporaries of its size (``sqrt(v)`` and its
-    bias-corrected copy)."""
-    h = w.hidden
-    biggest = max((h + 2 * w.kv) * h, (2 if w.gated_mlp else 1) * w.ffn * h) if w.body_trains else 0.0
-    if w.is_language and w.body_trains and stage in (0, pp - 1):
-        biggest = max(biggest, w.vocab * h)
-    if w.projector_trains and stage == pp - 1:
-        biggest = max(biggest, w.params.projector / 2)  # the larger of its two matrices, about
-    return biggest
 
 
 def in_flight(w: ModuleWork, pp: int, stage: int, micro_batches: int, llm_pp: int,
@@ -192,8 +171,7 @@ def module_memory(problem: Problem, w: ModuleWork, tp: int, cp: int, pp: int, dp
 def rank_memory(problem: Problem, layout, rank: int, micro_batch_size: int,
                 recompute: dict[str, str] | None = None) -> MemoryBreakdown:
     """Bytes on global rank ``rank`` of a finalized layout: every module (and pipeline stage) the
-    rank holds, with each module's recompute mode (``train.recompute``). The optimizer steps
-    one module after another, so their temporaries do not add up."""
+    rank holds, with each module's recompute mode (``train.recompute``)."""
     lm = layout.language
     micro_batches = problem.global_batch // (micro_batch_size * lm.dp)
     parts = []
@@ -207,9 +185,4 @@ def rank_memory(problem: Problem, layout, rank: int, micro_batch_size: int,
                            layout.deployment_mode == "heterogeneous")
         parts.append(stage_memory(problem, w, par.tp, par.cp, par.pp, par.dp, coords["pp"], samples, flight,
                                   (recompute or {}).get(w.name, "none")))
-    total = MemoryBreakdown(0.0, 0.0, 0.0, 0.0)
-    for part in parts:
-        total = MemoryBreakdown(total.weights + part.weights, total.gradients + part.gradients,
-                                total.optimizer + part.optimizer, total.activations + part.activations,
-                                max(total.step_temporaries, part.step_temporaries))
-    return total
+    return sum(parts, MemoryBreakdown(0.0, 0.0, 0.0, 0.0))

@@ -102,7 +102,10 @@ class ModuleOptimizer:
         decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim >= 2]
         no_decay = [m for m, s in zip(self.masters, self.segments) if s.param.ndim < 2]
         groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = bool(self.masters) and self.masters[0].is_cuda
+        # torch's fused kernel on GPUs and CPUs alike: on CPU it is 2-3x faster than the
+        # default per-tensor loop (the heterogeneous encoder's optimizer sits on the step's
+        # critical path, issue #13) and allocates no tensor-sized temporaries.
+        fused = bool(self.masters)
         self.optimizer = None  # a shard of nothing but padding updates nothing
         if self.masters:
             self.optimizer = torch.optim.AdamW(
@@ -110,7 +113,7 @@ class ModuleOptimizer:
                 lr=train.lr,
                 betas=(train.adam_beta1, train.adam_beta2),
                 eps=train.adam_eps,
-                fused=fused or None,
+                fused=fused,
             )
             for m in self.masters:
                 self.optimizer.state[m] = _adam_state(m, fused)
