@@ -5,7 +5,8 @@ Both train the same modules (the recipe's vision encoder + projector and GPT mod
 the same megatron-core specs) on the same batches, in one process on CPU, alternating step by
 step so that machine noise hits both equally. The plain loop is what a user would write
 without the toolkit: encoder forward, MimoModel-style alignment at the placeholders, GPT
-forward, cross-entropy, backward, gradient clipping, AdamW. The toolkit step adds its
+forward, cross-entropy, backward, gradient clipping, torch's fused AdamW (the toolkit's
+optimizer kernel too, on CPU and GPU). The toolkit step adds its
 provider, schedule, bridge, data-parallel buffers, the cross-module consensus and metrics.
 
     python scripts/bench_runtime_overhead.py                # llava tiny, scaled up a little
@@ -90,7 +91,7 @@ class PlainLoop:
         # bf16 parameters: AdamW updates fp32 master copies, as any mixed-precision loop does
         self.masters = params if self.dtype == torch.float32 else [p.detach().float().clone() for p in params]
         self.opt = torch.optim.AdamW(self.masters, lr=job.train.lr, betas=(job.train.adam_beta1, job.train.adam_beta2),
-                                     fused=device.type == "cuda" or None)
+                                     fused=True)
         self.data = ReplicaData(build_dataset(job), job, {"vision": self.rank, "llm": self.rank})
         self.special = job.layout.special_token_ids
         self.vocab = job.language_model.vocab_size

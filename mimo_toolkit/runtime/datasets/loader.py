@@ -4,7 +4,8 @@ A step's data is a pure function of the step index (``batching.py``), so the loa
 ``torch.utils.data.DataLoader`` over step indices: ``data.num_workers`` processes each build
 whole steps (read files, decode images, compute log-mels, collate), ``data.prefetch`` steps
 ahead per worker, in order; on CUDA the batches come in pinned memory so the copies to the
-device do not block. Nothing about the data position is state: a resumed run starts the
+device do not block, and on CPU a thread takes the next step's batch off the workers' queue
+(unpickling its tensors) while the training thread computes or waits for a peer. Nothing about the data position is state: a resumed run starts the
 loader at its first step and gets exactly the batches the uninterrupted run got, and
 ``num_workers=0`` loads the same batches in the training process.
 
