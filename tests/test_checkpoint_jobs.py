@@ -202,7 +202,9 @@ def test_a_full_disk_fails_the_save_and_training_goes_on(tmp_path, sharded_dp2, 
                                                *HOMOGENEOUS_TP1])
         assert "checkpoint of step 4 failed: OSError: [Errno 28] No space left on device" in run.output
         assert "latest stays step-00000002" in run.output
-        assert run.returncode != 0 and "checkpoint of step 6 failed" in run.output
+        # the same cause named the same way, whichever file (torch.save's zip writer or a
+        # plain write) ran out of room
+        assert run.returncode != 0 and "checkpoint of step 6 failed: OSError: [Errno 28] No space left on device" in run.output
         assert [r["step"] for r in run.metrics] == list(range(1, 7))
         assert_same_losses(run.losses, reference.losses[:6], tol=1e-6)
         assert (tmp_path / "checkpoints/latest").read_text().strip() == "step-00000002"

@@ -31,6 +31,7 @@ is reported with its reason; the previous checkpoint stays ``latest`` and traini
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -210,7 +211,7 @@ class Checkpointer:
             if self.rank == 0:
                 self._publish(tmp, final, meta)
         except BaseException as exc:  # noqa: BLE001 - reported by wait(), on the training thread
-            pending.error = _unwrap(exc)
+            pending.error = _as_disk_full(_unwrap(exc), self.root)  # before the cleanup frees room
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -299,6 +300,28 @@ def _unwrap(exc: BaseException) -> BaseException:
         return exc
     inner = [f[0] if isinstance(f, tuple) else f for f in exc.failures.values()]
     return next((e for e in inner if isinstance(e, (UserError, OSError))), inner[0] if inner else exc)
+
+
+#: A save that fails with less room than this left on its file system failed for lack of room.
+DISK_FULL_BELOW = 1 << 20
+
+
+def _as_disk_full(error: BaseException, where: Path) -> BaseException:
+    """A write that runs out of room surfaces as ``OSError(ENOSPC)`` from a plain file write,
+    but as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`` from
+    inside ``torch.save``'s zip writer, depending on which file a rank was writing when the
+    disk filled. Name the cause the same way every time (the original is chained)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return error
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return error
+    if free >= DISK_FULL_BELOW:
+        return error
+    full = OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free // 1024} KiB left)", str(where))
+    full.__cause__ = error
+    return full
 
 
 def _write_meta(directory: Path, meta: dict) -> None:
