@@ -197,3 +197,17 @@ def test_replay_catches_disagreeing_programs():
     receiving[0].receives, receiving[1].receives = receiving[1].receives, receiving[0].receives
     with pytest.raises(ScheduleError, match="message order differs|deadlock"):
         replay(programs)
+
+
+def test_receives_are_posted_one_operation_early_where_the_replay_allows_it():
+    """Issue #13: the LLM's receive of micro-batch 1's embeddings goes to the boundary before
+    B(llm,0), so the transfer runs during that backward; a pipelined LLM keeps the placement
+    right before each operation (the early one would deadlock there)."""
+    layout, m, backward = _layout_of("llava", "tiny", hetero(2, vision="1,1,1,0", llm="1,1,1,1"))
+    llm = step_programs(layout, m, backward)[1]
+    boundary = next(b for b in llm.boundaries if any(str(r) == "bridge_fwd mb1 0->1" for r in b.receives))
+    assert str(boundary.before) == "B(llm,0)", boundary
+    layout, m, backward = _layout_of("llava", "tiny", ["layout.llm.tp=1", "layout.llm.pp=2"])
+    with pytest.raises(ScheduleError):
+        replay(default_programs(layout, m, backward, receives_ahead=1), repair=True)
+    step_programs(layout, m, backward)  # falls back and completes
