@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .run_dir import RunDir, StopRequest
+from .runtime.eager import run_eagerly
 
 
 class _Tee:
@@ -116,7 +117,7 @@ def main(config: str, run_dir: str) -> int:
     if job.cluster.gpus_per_node == 0:
         # megatron-core wraps a few elementwise functions (quick_gelu, ...) in torch.compile:
         # ~20 s of compilation per process on CPU for no measurable gain at these sizes.
-        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+        run_eagerly()
     import torch
 
     from .runtime.parallel.distributed import failure_board, init_distributed, shutdown

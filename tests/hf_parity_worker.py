@@ -26,7 +26,9 @@ import sys
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+from mimo_toolkit.runtime.eager import run_eagerly
+
+run_eagerly()
 warnings.simplefilter("ignore")
 
 import torch  # noqa: E402

@@ -20,10 +20,14 @@ from __future__ import annotations
 import datetime
 import os
 
-import torch
-import torch.distributed as dist
-from megatron.core.distributed import DistributedDataParallelConfig
-from megatron.core.process_groups_config import ProcessGroupCollection
+from mimo_toolkit.runtime.eager import run_eagerly
+
+run_eagerly()  # before megatron-core is imported
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from megatron.core.distributed import DistributedDataParallelConfig  # noqa: E402
+from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
 
 from mimo_toolkit.layout import GRID_DIMS, MimoParallelismConfig, ModuleParallelismConfig
 from mimo_toolkit.recipes.llava import tiny_llm, tiny_vision
@@ -90,5 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     main()

@@ -19,6 +19,7 @@ from data_support import write_truncated_jpeg
 from dist_support import run_job
 
 from mimo_toolkit.resolve import resolve_job
+from mimo_toolkit.runtime.eager import run_eagerly
 from mimo_toolkit.runtime.datasets import build_file_dataset
 from mimo_toolkit.runtime.datasets.batching import sample_index
 
@@ -41,7 +42,7 @@ def data_sets(data: Path) -> list[str]:
 
 def evaluate(run_dir: Path, **kwargs) -> dict:
     """``mimo-toolkit eval`` in this process (one gloo rank, torn down afterwards)."""
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+    run_eagerly()
     from mimo_toolkit.runtime.eval.evaluate import evaluate_run
 
     return evaluate_run(str(run_dir), **kwargs)

@@ -98,8 +98,9 @@ def _initial_weights(tmp_path, module: str) -> dict:
     """The provider's initial weights of ``module`` on a 1-rank gloo group (layout-independent)."""
     out = tmp_path / f"init-{module}.pt"
     script = textwrap.dedent(f"""
+        from mimo_toolkit.runtime.eager import run_eagerly
+        run_eagerly()
         import os, json, torch, torch.distributed as dist
-        os.environ["TORCH_COMPILE_DISABLE"] = "1"
         dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
         from mimo_toolkit.resolve import load_manifest
         from mimo_toolkit.runtime.model.provider import MimoModelProvider, _module_parts

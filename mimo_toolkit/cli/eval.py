@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import click
 
+from ..runtime.eager import run_eagerly
 from .common import Command
 
 
@@ -31,7 +31,7 @@ def eval_command(run_dir: str, data: str | None, ablate: str | None, limit: int 
     from ..runtime.eval.target import eval_target
 
     eval_target(run_dir, data, ablate)  # a wrong request fails here, before torch is imported
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")  # megatron-core's torch.compile: slow on CPU, no gain here
+    run_eagerly()  # megatron-core's torch.compile: slow on CPU, no gain here
     with warnings.catch_warnings():  # megatron-core's import-time notices (experimental APIs, no apex)
         warnings.simplefilter("ignore", UserWarning)
         from ..runtime.eval.evaluate import evaluate_run

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import click
 
+from ..runtime.eager import run_eagerly
 from .common import Command
 
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -33,7 +33,7 @@ def export(run_dir: str, out_dir: str, dtype: str) -> None:
     from ..hf.export import check_export_paths
 
     check_export_paths(run_dir, out_dir)  # bad arguments fail before torch is imported
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+    run_eagerly()
     with warnings.catch_warnings():  # megatron-core's import-time notices
         warnings.simplefilter("ignore", UserWarning)
         from ..runtime.eval.hf_export import export_run
