@@ -129,6 +129,17 @@ class CollectiveBridge(_Bridge):
         self._stash: dict[tuple, torch.Tensor] = {}
         self.routes = {name: {(r.enc_replica, r.llm_replica): r for r in bridge_routes(self.layout, name, self.M)}
                        for name in self.layout.encoder_names}
+        # Whether anything crosses ranks in each exchange. Where every chunk stays on its rank
+        # (homogeneous with equal dp, e.g. vision dp2 / llm dp2), the all-to-all would only
+        # copy locally, yet make the replicas wait for each other twice per micro-batch.
+        # From the layout alone, so every member of a group decides the same.
+        self.crosses = {}
+        for name in self.layout.encoder_names:
+            fwd, bwd = _members(self.pgcs[name].dp), _members(self.pgcs[name].tp_dp_cp)
+            self.crosses[("fwd", name)] = any(
+                a != b and self._is_first_stage(b) and self._route(name, a, b) for a in fwd for b in fwd)
+            self.crosses[("bwd", name)] = any(
+                a != b and self._is_gradient_holder(a) and self._route(name, b, a) for a in bwd for b in bwd)
 
     def _coords(self, rank: int, module: str) -> dict[str, int]:
         return self.layout.module_parallelisms[module].coordinates(rank)
@@ -158,7 +169,7 @@ class CollectiveBridge(_Bridge):
             send.append(self._enc_rows(out_route, media) if out_route else range(0))
             in_route = self._route(module, other, self.rank) if self._is_first_stage(self.rank) else None
             recv.append(len(self._llm_rows(in_route, self._texts[mb])) if in_route else 0)
-        received = self._all_to_all(embeddings.detach(), send, recv, group)
+        received = self._all_to_all(embeddings.detach(), send, recv, group, self.crosses[("fwd", module)])
         self.stats.forward_bytes += self._foreign_bytes(send, group)
         if self._is_first_stage(self.rank):
             self._stash[("fwd", module, mb)] = received
@@ -183,12 +194,17 @@ class CollectiveBridge(_Bridge):
             send.append(self._llm_rows(out_route, self._texts[mb]) if out_route else range(0))
             in_route = self._route(module, self.rank, other) if self._is_gradient_holder(other) else None
             recv.append(len(self._enc_rows(in_route, media)) if in_route else 0)
-        received = self._all_to_all(grad if holder else self._empty(0), send, recv, group)
+        received = self._all_to_all(grad if holder else self._empty(0), send, recv, group, self.crosses[("bwd", module)])
         self.stats.backward_bytes += self._foreign_bytes(send, group)
         return received
 
-    def _all_to_all(self, source: torch.Tensor, send: list[range], recv: list[int], group) -> torch.Tensor:
-        """Rows ``send[g]`` of ``source`` to member ``g``; ``recv[g]`` rows from it, in member order."""
+    def _all_to_all(self, source: torch.Tensor, send: list[range], recv: list[int], group,
+                    crosses: bool = True) -> torch.Tensor:
+        """Rows ``send[g]`` of ``source`` to member ``g``; ``recv[g]`` rows from it, in member
+        order. Without ``crosses`` only this rank's own chunk can be non-empty: a local copy."""
+        if not crosses:
+            rows = send[_members(group).index(self.rank)]
+            return source[rows.start : rows.stop].to(self.dtype, copy=True)
         chunks = [source[rows.start : rows.stop] for rows in send]
         data = torch.cat([source.new_empty(0, self.hidden), *chunks]).to(self.dtype).contiguous()
         out = self._empty(sum(recv))

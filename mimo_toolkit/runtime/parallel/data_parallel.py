@@ -26,6 +26,14 @@ Implementations:
 Both SUM across replicas: the loss is already normalised by the number of loss tokens of the
 whole global batch, so the summed gradient is the gradient of the global mean loss whatever
 the data-parallel sizes of the modules are.
+
+Overlap (CPU): the engine calls ``arm_grad_sync()`` before the step's LAST backward through
+the module on this rank; from then on each bucket of gradients (a contiguous range of the
+flat buffer, in backward order) starts its asynchronous all-reduce as soon as every
+parameter in it has its final gradient, while the backward goes on through the earlier
+layers, as torch's DDP does. ``finish_grad_sync()`` starts the buckets that did not fill
+and waits for all. Buckets start strictly in order on every replica (a bucket that is
+ready waits for the ones before it), so the collectives always pair up.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ class Segment:
     @property
     def whole(self) -> bool:
         return self.start == 0 and self.end == self.param.numel()
+
+
+BUCKET_MIN_ELEMENTS = 1 << 20
+"""A bucket holds at least this many gradient elements (4 MiB in fp32): fewer, larger
+collectives; and at most ``BUCKETS_PER_MODULE`` buckets per module."""
+BUCKETS_PER_MODULE = 8
 
 
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -93,10 +107,61 @@ class PortableDataParallel:
         offset = 0
         for p in self.params:
             p.main_grad = self.buffer[offset : offset + p.numel()].view_as(p)
-            p.register_post_accumulate_grad_hook(_accumulate_into_main_grad)
+            p.register_post_accumulate_grad_hook(self._accumulate)
             self.placed.append((p, offset))
             offset += p.numel()
         self.param_buffer = self._flat_parameters(total) if self.sharded else None
+        self.buckets = self._buckets()
+        self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b.params}
+        self.armed = False
+        self.started: list[dist.Work] = []  # all-reduces in flight, bucket by bucket in order
+
+    def _buckets(self) -> list["_Bucket"]:
+        """Whole parameters grouped from the END of the buffer (the backward produces the last
+        layers' gradients first) into ranges of at least ``BUCKET_MIN_ELEMENTS``."""
+        used = sum(p.numel() for p in self.params)
+        size = max(BUCKET_MIN_ELEMENTS, -(-used // BUCKETS_PER_MODULE))
+        buckets, current, count = [], [], 0
+        for p, offset in reversed(self.placed):
+            current.append((p, offset))
+            count += p.numel()
+            if count >= size:
+                buckets.append(_Bucket(current))
+                current, count = [], 0
+        if current:
+            buckets.append(_Bucket(current))
+        return buckets
+
+    def _accumulate(self, param: torch.Tensor) -> None:
+        """Post-accumulate-grad hook: the gradient into its fp32 ``main_grad`` view; once
+        armed, the bucket's all-reduce starts when its last gradient is in."""
+        param.main_grad.add_(param.grad)
+        param.grad = None
+        if self.armed:
+            bucket = self.buckets[self.bucket_of[id(param)]]
+            bucket.waiting.discard(id(param))
+            self._start_ready_buckets()
+
+    def arm_grad_sync(self) -> None:
+        """The next backward through this module is the step's last on this rank: start each
+        bucket's all-reduce as soon as its gradients are final (see the module docstring)."""
+        if self.size == 1 or (self.sharded and dist.get_backend(self.dp_group) == "nccl"):
+            return
+        for bucket in self.buckets:
+            bucket.waiting = {id(p) for p in bucket.params if not getattr(p, "shared_embedding", False)}
+            # A tied embedding split over pipeline stages gets its other half after the backward
+            # (trainer._sync_tied_embeddings): its bucket never starts early.
+            bucket.held = any(getattr(p, "shared_embedding", False) for p in bucket.params)
+        self.armed = True
+        self._start_ready_buckets()  # buckets of parameters this backward does not reach wait
+
+    def _start_ready_buckets(self, all_of_them: bool = False) -> None:
+        while len(self.started) < len(self.buckets):
+            bucket = self.buckets[len(self.started)]
+            if not all_of_them and (bucket.waiting or bucket.held):
+                return
+            self.started.append(dist.all_reduce(bucket.view(self.buffer), op=dist.ReduceOp.SUM,
+                                                group=self.dp_group, async_op=True))
 
     def _flat_parameters(self, total: int) -> torch.Tensor:
         """Move the parameters into one flat buffer, so that one all-gather restores them all."""
@@ -120,8 +185,13 @@ class PortableDataParallel:
         if self.sharded and dist.get_backend(self.dp_group) == "nccl":
             lo, hi = _shard_range(self.buffer.numel(), self.size, self.rank)
             dist.reduce_scatter_tensor(self.buffer[lo:hi], self.buffer, op=dist.ReduceOp.SUM, group=self.dp_group)
-        else:  # gloo has no reduce-scatter: the whole sum, of which this rank uses its slice
-            dist.all_reduce(self.buffer, op=dist.ReduceOp.SUM, group=self.dp_group)
+            return
+        # gloo has no reduce-scatter: the whole sum, of which a sharded rank uses its slice
+        # (padding past the last parameter stays zero on every replica: not reduced)
+        self._start_ready_buckets(all_of_them=True)
+        for work in self.started:
+            work.wait()
+        self.started, self.armed = [], False
 
     def segments(self) -> list[Segment]:
         if not self.sharded:
@@ -141,9 +211,19 @@ class PortableDataParallel:
             dist.all_gather(shards, shards[self.rank].clone(), group=self.dp_group)
 
 
-def _accumulate_into_main_grad(param: torch.Tensor) -> None:
-    param.main_grad.add_(param.grad)
-    param.grad = None
+class _Bucket:
+    """Whole parameters, contiguous in the flat buffer."""
+
+    def __init__(self, placed: list[tuple[torch.nn.Parameter, int]]) -> None:
+        self.params = [p for p, _ in placed]
+        self.lo = min(offset for _, offset in placed)
+        self.hi = max(offset + p.numel() for p, offset in placed)
+        self.waiting: set[int] = set()
+        """ids of the parameters whose final gradient is not in yet (once armed)"""
+        self.held = False
+
+    def view(self, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer[self.lo : self.hi]
 
 
 class MegatronDataParallel:
@@ -162,6 +242,9 @@ class MegatronDataParallel:
 
     def zero_grad_buffer(self) -> None:
         self.ddp.zero_grad_buffer()
+
+    def arm_grad_sync(self) -> None:
+        """Nothing: megatron-core's DDP here runs with ``overlap_grad_reduce=False``."""
 
     def finish_grad_sync(self) -> None:
         self.ddp.finish_grad_sync()

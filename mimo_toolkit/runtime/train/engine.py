@@ -96,6 +96,9 @@ class Engine:
         self.last_stage = self.layout.language.pp - 1
         self.hidden = job.language_model.hidden_size
         self.clock = OpClock(device)
+        self.last_backward = {op.module: k for k, op in enumerate(program.ops) if op.kind == "B"}
+        """Index of each module's last backward in the step: its gradients' all-reduce starts
+        during that one (``PortableDataParallel.arm_grad_sync``)."""
         lm_coords = self.layout.language.coordinates(dist.get_rank())
         self.counts_loss = lm_coords is not None and lm_coords["tp"] == 0
 
@@ -125,6 +128,8 @@ class Engine:
             self.clock.start()
             self._post(k, outbox)
             inputs = {m: self.p2p.take(m) for m in program.inputs[k]}
+            if self.last_backward.get(op.module) == k and op.module in self.model.data_parallel:
+                self.model.data_parallel[op.module].arm_grad_sync()
             run = self._forward if op.kind == "F" else self._backward
             outbox.update(run(op, inputs, program.outputs[k]))
             self.clock.stop(op.module, "fwd" if op.kind == "F" else "bwd", str(op))
