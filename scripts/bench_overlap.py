@@ -1,22 +1,23 @@
 #!/usr/bin/env python3
 """Heterogeneous overlap: an encoder and an LLM on their own processes, working concurrently.
 
-Runs the same job in pairs on CPU, one thread per process:
+Runs two jobs of the same model on CPU, one thread per process:
   alone:          1 process, both modules (homogeneous layout) -> each module's step time alone
   heterogeneous:  2 processes, vision on rank 0, LLM on rank 1   -> the overlapped step time
 and prints overlap = (T_encoder_alone + T_llm_alone) / T_heterogeneous_step (medians of the
-timed steps) for each of ``--repeat`` pairs and their median. Each pair runs back to back, so
-its ratio is measured side by side: on a shared VM the machine's speed drifts by tens of
-percent over minutes, and an "alone" time measured once and divided by a heterogeneous time
-measured minutes later mixes that drift into the ratio. With 8
-micro-batches and equal module costs the ideal is 2*8/9 = 1.78 (16: 2*16/17 = 1.88). Also
-prints each module's busy and idle fraction of the heterogeneous step, and what the machine
-itself costs two busy processes: the "alone" job run twice side by side (no communication
-between them) gives each module's time next to a busy neighbour, and the overlap against
-those times separates the schedule's losses from the machine's.
+timed steps) for each of ``--repeat`` runs and their median. The two jobs of a run take
+turns of a few seconds (the other one stopped with SIGSTOP), and only steps that ran wholly
+inside a turn count: on a shared VM the machine's speed drifts by tens of percent within a
+minute, and an "alone" time divided by a heterogeneous time measured a minute later mixes
+that drift into the ratio. With 8 micro-batches and equal module costs the ideal is
+2*8/9 = 1.78 (16: 2*16/17 = 1.88). Also prints each module's busy and idle fraction of the
+heterogeneous step, and what the machine itself costs two busy processes: two "alone" jobs
+side by side (no communication between them), taking turns with one alone job, give each
+module's time next to a busy neighbour, and the overlap against those times separates the
+schedule's losses from the machine's.
 
     python scripts/bench_overlap.py            # default sizes: encoder ~ LLM cost
-    python scripts/bench_overlap.py --steps 20 --set model.vision.num_layers=6
+    python scripts/bench_overlap.py --steps 40 --set model.vision.num_layers=9
     python scripts/bench_overlap.py --trace step.json     # + one step's timeline of both ranks
     python scripts/bench_overlap.py --microbatches 16
     python scripts/bench_overlap.py --recipe multi_encoder   # vision, audio, LLM: 3 processes
@@ -27,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 from mimo_toolkit.resolve import resolve_job
@@ -48,22 +50,108 @@ EQUAL_COST = [
     "model.llm.num_layers=4", "model.llm.hidden_size=192", "model.llm.ffn_hidden_size=512",
     "train.save_interval=0",
 ]
+WARMUP_STEPS = 2
+TURN_S = 3.0
+"""Seconds each job runs before the other takes its turn (``interleaved``)."""
 ALONE = ["layout.mode=homogeneous", "layout.llm.tp=1", "cluster.procs_per_node=1"]
 HETERO = ["layout.mode=heterogeneous", "layout.vision.dp=1", "layout.vision.rank_offset=0",
           "layout.llm.tp=1", "layout.llm.dp=1", "layout.llm.rank_offset=1", "cluster.procs_per_node=2"]
 
 
-def run(recipe: str, sets: list[str], world: int, trace: bool = False) -> tuple[list[dict], Path]:
+def start(recipe: str, sets: list[str], world: int, trace: bool = False) -> tuple[subprocess.Popen, Path]:
+    """Launch one job under torchrun (its output goes to ``bench.log`` in its run dir)."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
     resolved = resolve_job(recipe, "tiny", sets=sets)
     (run_dir / "job.json").write_text(json.dumps(resolved.manifest()))
     env = {**os.environ, "MIMO_CPU_THREADS": "1", "OMP_NUM_THREADS": "1", TRACE_ENV: "1" if trace else "0"}
     cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=world, rdzv_endpoint="localhost:0",
                         module_args=train_args(str(run_dir / "job.json"), str(run_dir)))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"job failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return RunDir(run_dir).read_metrics(), run_dir
+    with open(run_dir / "bench.log", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run_dir
+
+
+def finished(proc: subprocess.Popen, run_dir: Path) -> list[dict]:
+    """The job's metrics rows, once it has ended (exits with its log if it failed)."""
+    if proc.wait():
+        sys.exit(f"job failed:\n{(run_dir / 'bench.log').read_text()[-4000:]}")
+    return RunDir(run_dir).read_metrics()
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun's workers and their data workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _signal_tree(proc: subprocess.Popen, sig: int) -> None:
+    for pid in _process_tree(proc.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def interleaved(groups: list[list[tuple[subprocess.Popen, Path]]], turn_s: float) -> list[list[list[dict]]]:
+    """Run groups of jobs in turns of ``turn_s`` seconds, the other groups stopped (SIGSTOP),
+    until all have ended; for each job, the metrics rows of the steps that ran wholly inside
+    one of its group's turns, less the first of each turn (it starts on caches the other
+    group filled).
+
+    A shared VM's speed drifts by tens of percent within a minute, so an "alone" time and a
+    heterogeneous time measured one after the other mix that drift into their ratio; taking
+    turns every few seconds puts both under the same drift. A stopped job's heartbeats pause
+    with its store (torchrun's agent is stopped too): turns stay well under the failure
+    board's 10 s staleness."""
+    assert turn_s * (len(groups) - 1) < 8, "a stopped job must not look dead to its failure board (10 s)"
+
+    def live(group) -> bool:
+        return any(proc.poll() is None for proc, _ in group)
+
+    def signal_group(group, sig: int) -> None:
+        for proc, _ in group:
+            _signal_tree(proc, sig)
+
+    for group in groups[1:]:
+        signal_group(group, signal.SIGSTOP)
+    turns: list[list[tuple[float, float]]] = [[] for _ in groups]
+    k = 0
+    try:
+        while running := [g for g, group in enumerate(groups) if live(group)]:
+            mine = running[k % len(running)]
+            k += 1
+            for g in running:
+                if g != mine:
+                    signal_group(groups[g], signal.SIGSTOP)
+            signal_group(groups[mine], signal.SIGCONT)
+            began = time.time()
+            while live(groups[mine]) and time.time() - began < turn_s:
+                time.sleep(0.05)
+            turns[mine].append((began, time.time()))
+    finally:
+        for group in groups:
+            signal_group(group, signal.SIGCONT)
+    out = []
+    for group, group_turns in zip(groups, turns):
+        out.append([])
+        for proc, run_dir in group:
+            rows = finished(proc, run_dir)
+            clean = []
+            for began, ended in group_turns:
+                inside = [r for r in rows if r["time"] - r["step_time_s"] >= began and r["time"] <= ended]
+                clean += inside[1:]
+            out[-1].append([r for r in clean if r["step"] > WARMUP_STEPS])
+    return out
 
 
 def med(rows: list[dict], key) -> float:
@@ -102,8 +190,9 @@ def write_trace(run_dir: Path, rows: list[dict], path: str, labels: dict[int, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=12, help="timed steps (after 2 warm-up steps)")
-    parser.add_argument("--repeat", type=int, default=3, help="heterogeneous runs (the overlap is their median)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="steps per job after 2 warm-up steps (those wholly inside a turn are timed)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs, each an alone and a heterogeneous job taking turns (the overlap is their median)")
     parser.add_argument("--microbatches", type=int, default=8, help="micro-batches per step")
     parser.add_argument("--recipe", choices=("llava", "multi_encoder"), default="llava",
                         help="multi_encoder: vision, audio and LLM on 3 processes")
@@ -112,7 +201,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra overrides (KEY=VALUE)")
     args = parser.parse_args()
     m = args.microbatches
-    sets = [*EQUAL_COST, f"train.global_batch_size={m}", f"train.steps={args.steps + 2}", *args.set]
+    sets = [*EQUAL_COST, f"train.global_batch_size={m}", f"train.steps={args.steps + WARMUP_STEPS}", *args.set]
     encoders = ["vision"] if args.recipe == "llava" else ["vision", "audio"]
     modules = [*encoders, "llm"]
 
@@ -120,27 +209,31 @@ def main() -> None:
         return med(rows, lambda r: work_s(r, module))
 
     alones, hets = [], []
-    for k in range(args.repeat):  # pairs: alone, then heterogeneous, back to back
-        alones.append(run(args.recipe, [*sets, *ALONE], 1)[0][2:])
-        rows, run_dir = run(args.recipe, [*sets, *hetero_sets(args.recipe)], len(encoders) + 1, trace=k == 0 and bool(args.trace))
-        hets.append(rows[2:])
-        if k == 0 and args.trace:
+    for k in range(args.repeat):  # runs: an alone job and a heterogeneous job, taking turns
+        trace = k == 0 and bool(args.trace)
+        jobs = [start(args.recipe, [*sets, *ALONE], 1),
+                start(args.recipe, [*sets, *hetero_sets(args.recipe)], len(encoders) + 1, trace)]
+        (alone,), (het,) = interleaved([[jobs[0]], [jobs[1]]], TURN_S)
+        alones.append(alone)
+        hets.append(het)
+        if trace:
             labels = {r: f"rank {r}: {name}" for r, name in enumerate(modules)}
-            write_trace(run_dir, rows[2:], args.trace, labels)
+            write_trace(jobs[1][1], het, args.trace, labels)
 
     solos = [{name: module_s(alone, name) for name in modules} for alone in alones]
     totals = [sum(solo.values()) for solo in solos]
     t_hets = [med(rows, lambda r: r["step_time_s"]) for rows in hets]
     overlaps = [total / t for total, t in zip(totals, t_hets)]
-    middle = sorted(range(args.repeat), key=lambda k: overlaps[k])[args.repeat // 2]  # the median pair
-    solo, total, t_het, het = solos[middle], totals[middle], t_hets[middle], hets[middle]
+    middle = sorted(range(args.repeat), key=lambda k: overlaps[k])[args.repeat // 2]  # the median run
+    solo, t_het, het = solos[middle], t_hets[middle], hets[middle]
     stages = len(encoders) + 1
-    print(f"{args.recipe}: {m} micro-batches per step, {args.steps} timed steps, 1 thread per process")
+    print(f"{args.recipe}: {m} micro-batches per step, 1 thread per process, jobs taking {TURN_S:.0f} s turns")
     for k in range(args.repeat):
-        print(f"pair {k + 1}: alone (1 process) " + " + ".join(f"{n} {t * 1000:.0f}" for n, t in solos[k].items())
-              + f" = {totals[k] * 1000:.0f} ms; heterogeneous ({stages} processes) step {t_hets[k] * 1000:.0f} ms; "
-              f"overlap {overlaps[k]:.2f}")
-    print(f"median pair ({middle + 1}):")
+        print(f"run {k + 1}: alone (1 process, {len(alones[k])} steps) "
+              + " + ".join(f"{n} {t * 1000:.0f}" for n, t in solos[k].items())
+              + f" = {totals[k] * 1000:.0f} ms; heterogeneous ({stages} processes, {len(hets[k])} steps) "
+              f"step {t_hets[k] * 1000:.0f} ms; overlap {overlaps[k]:.2f}")
+    print(f"median run ({middle + 1}):")
     for module, alone_s in solo.items():
         busy = med(het, lambda r: work_s(r, module) / r["step_time_s"])
         print(f"  {module:6s} busy {busy:5.1%}  idle {1 - busy:5.1%} of the step "
@@ -150,11 +243,12 @@ def main() -> None:
           + (f" (ideal 2*{m}/{m + 1} = {ideal:.2f}, target >= 1.6)" if ideal else ""))
     if args.no_side_by_side or args.recipe != "llava":
         return
-    with ThreadPoolExecutor(2) as pool:
-        side_by_side = [r[0][2:] for r in pool.map(lambda _: run(args.recipe, [*sets, *ALONE], 1), range(2))]
-    pair = {n: statistics.median(module_s(rows, n) for rows in side_by_side) for n in solo}
-    print("two 1-process jobs side by side: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in pair.items())
-          + f" ({sum(pair.values()) / total - 1:+.0%}: the machine's cost of a busy neighbour)")
+    alone_job, pair_jobs = start(args.recipe, [*sets, *ALONE], 1), [start(args.recipe, [*sets, *ALONE], 1) for _ in range(2)]
+    (alone,), side_by_side = interleaved([[alone_job], pair_jobs], TURN_S)
+    neighbour = {n: statistics.median(module_s(rows, n) for rows in side_by_side) / module_s(alone, n) for n in solo}
+    pair = {n: solo[n] * neighbour[n] for n in solo}
+    print("two 1-process jobs side by side vs one alone, taking turns: "
+          + ", ".join(f"{n} {neighbour[n] - 1:+.0%}" for n in solo) + " (the machine's cost of a busy neighbour)")
     print(f"overlap against the side-by-side times = {sum(pair.values()) * 1000:.0f} / {t_het * 1000:.0f} "
           f"= {sum(pair.values()) / t_het:.2f}")
 
