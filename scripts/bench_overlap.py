@@ -52,7 +52,9 @@ EQUAL_COST = [
 ]
 WARMUP_STEPS = 2
 TURN_S = 3.0
-"""Seconds each job runs before the other takes its turn (``interleaved``)."""
+"""Seconds each job runs before the other takes its turn (``interleaved``), at 8 micro-batches
+per step (longer steps get proportionally longer turns, up to ``MAX_TURN_S``)."""
+MAX_TURN_S = 7.0
 ALONE = ["layout.mode=homogeneous", "layout.llm.tp=1", "cluster.procs_per_node=1"]
 HETERO = ["layout.mode=heterogeneous", "layout.vision.dp=1", "layout.vision.rank_offset=0",
           "layout.llm.tp=1", "layout.llm.dp=1", "layout.llm.rank_offset=1", "cluster.procs_per_node=2"]
@@ -208,12 +210,13 @@ def main() -> None:
     def module_s(rows: list[dict], module: str) -> float:
         return med(rows, lambda r: work_s(r, module))
 
+    turn_s = min(MAX_TURN_S, TURN_S * max(1.0, m / 8))
     alones, hets = [], []
     for k in range(args.repeat):  # runs: an alone job and a heterogeneous job, taking turns
         trace = k == 0 and bool(args.trace)
         jobs = [start(args.recipe, [*sets, *ALONE], 1),
                 start(args.recipe, [*sets, *hetero_sets(args.recipe)], len(encoders) + 1, trace)]
-        (alone,), (het,) = interleaved([[jobs[0]], [jobs[1]]], TURN_S)
+        (alone,), (het,) = interleaved([[jobs[0]], [jobs[1]]], turn_s)
         alones.append(alone)
         hets.append(het)
         if trace:
@@ -227,7 +230,7 @@ def main() -> None:
     middle = sorted(range(args.repeat), key=lambda k: overlaps[k])[args.repeat // 2]  # the median run
     solo, t_het, het = solos[middle], t_hets[middle], hets[middle]
     stages = len(encoders) + 1
-    print(f"{args.recipe}: {m} micro-batches per step, 1 thread per process, jobs taking {TURN_S:.0f} s turns")
+    print(f"{args.recipe}: {m} micro-batches per step, 1 thread per process, jobs taking {turn_s:.0f} s turns")
     for k in range(args.repeat):
         print(f"run {k + 1}: alone (1 process, {len(alones[k])} steps) "
               + " + ".join(f"{n} {t * 1000:.0f}" for n, t in solos[k].items())
@@ -244,7 +247,7 @@ def main() -> None:
     if args.no_side_by_side or args.recipe != "llava":
         return
     alone_job, pair_jobs = start(args.recipe, [*sets, *ALONE], 1), [start(args.recipe, [*sets, *ALONE], 1) for _ in range(2)]
-    (alone,), side_by_side = interleaved([[alone_job], pair_jobs], TURN_S)
+    (alone,), side_by_side = interleaved([[alone_job], pair_jobs], turn_s)
     neighbour = {n: statistics.median(module_s(rows, n) for rows in side_by_side) / module_s(alone, n) for n in solo}
     pair = {n: solo[n] * neighbour[n] for n in solo}
     print("two 1-process jobs side by side vs one alone, taking turns: "
