@@ -5,8 +5,8 @@ Runs two jobs of the same model on CPU, one thread per process:
   alone:          1 process, both modules (homogeneous layout) -> each module's step time alone
   heterogeneous:  2 processes, vision on rank 0, LLM on rank 1   -> the overlapped step time
 and prints overlap = (T_encoder_alone + T_llm_alone) / T_heterogeneous_step (medians of the
-timed steps) for each of ``--repeat`` runs and their median. The two jobs of a run take
-turns of a few seconds (the other one stopped with SIGSTOP), and only steps that ran wholly
+timed steps) for each of ``--repeat`` runs and their median. The jobs of a run take
+turns of a few seconds (the others stopped with SIGSTOP), and only steps that ran wholly
 inside a turn count: on a shared VM the machine's speed drifts by tens of percent within a
 minute, and an "alone" time divided by a heterogeneous time measured a minute later mixes
 that drift into the ratio. With 8 micro-batches and equal module costs the ideal is
@@ -198,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30,
                         help="steps per job after 2 warm-up steps (those wholly inside a turn are timed)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs, each an alone and a heterogeneous job taking turns (the overlap is their median)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs, each an alone, a heterogeneous and (8 micro-batches) a side-by-side pair of jobs taking turns (the overlap is their median)")
     parser.add_argument("--microbatches", type=int, default=8, help="micro-batches per step")
     parser.add_argument("--recipe", choices=("llava", "multi_encoder"), default="llava",
                         help="multi_encoder: vision, audio and LLM on 3 processes")
@@ -217,8 +217,9 @@ def main() -> None:
     turn_s = min(MAX_TURN_S, TURN_S * max(1.0, m / 8))
     # A third group stops each job for two turns in a row: only where turns are short enough
     # for the failure board (longer steps need longer turns to leave whole steps inside).
-    neighbours = not args.no_side_by_side and args.recipe == "llava" and turn_s <= THREE_GROUP_TURN_S
-    if not args.no_side_by_side and args.recipe == "llava" and not neighbours:
+    wanted = not args.no_side_by_side and args.recipe == "llava"
+    neighbours = wanted and turn_s <= THREE_GROUP_TURN_S
+    if wanted and not neighbours:
         print(f"(side by side skipped: {turn_s:.0f} s turns; it is measured at 8 micro-batches)")
     alones, hets, pairs = [], [], []
     for k in range(args.repeat):  # runs: alone, heterogeneous (and two alone side by side) taking turns
