@@ -124,9 +124,9 @@ def main(config: str, run_dir: str) -> int:
     from .runtime.train.trainer import Trainer
 
     if job.cluster.gpus_per_node == 0 or not torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        threads = os.environ.get("MIMO_CPU_THREADS") or max(1, (os.cpu_count() or 1) // local)
-        torch.set_num_threads(int(threads))  # the node's cores, shared by its ranks
+        from .runtime.parallel.cpu_threads import rank_cpu_share
+
+        torch.set_num_threads(rank_cpu_share())  # the node's cores, shared by its ranks
     board = failure_board(rank, world, rd, job.train.timeout_s)
     board.start()
     trainer = None

@@ -4,6 +4,7 @@
 
     python3 scripts/bench_import.py                       # ~1.1B parameters (hidden 2048, 16 layers)
     python3 scripts/bench_import.py --hidden 1024 --layers 8 --vocab 32000   # a quick smaller run
+    python3 scripts/bench_import.py --procs 1             # TP1 in one process (a rank with spare cores)
 
 The checkpoint (bf16 safetensors, as published checkpoints are) is written once into
 ``--dir`` (kept for reruns). Each side loads fp32 weights: ``from_pretrained(dtype=float32)``
@@ -13,6 +14,11 @@ per-rank slice reads), the slowest rank counting. Memory: each rank's peak RSS g
 the import (the peak is reset first through ``/proc/self/clear_refs``) against the bytes of
 the parameters it holds. Prints the medians of ``--repeats`` alternating runs and the ratios
 (targets: wall time <= 1.0x, RSS growth <= 1.25x the shard).
+
+Each rank starts with one torch thread, as under torchrun in a GPU job; the import copies on
+the rank's share of the CPUs (``runtime/parallel/cpu_threads.py``). Where that share is more
+than one thread, the run also times the import held to one thread per rank
+(``MIMO_CPU_THREADS=1``), alternating with the others, and prints what the threads gain.
 """
 
 from __future__ import annotations
@@ -86,10 +92,12 @@ def toolkit_side(path: str, out: str) -> None:
     from mimo_toolkit.resolve import resolve_job
     from mimo_toolkit.runtime.model.provider import MimoModelProvider
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # torchrun's OMP_NUM_THREADS=1 in a GPU job
     dist.init_process_group("gloo")
     config = json.loads((Path(path) / "config.json").read_text())
-    sets = [f"model.llm.pretrained={path}", "layout.mode=homogeneous", "layout.llm.tp=2", "layout.vision.tp=2",
+    tp = dist.get_world_size()
+    sets = [f"model.llm.pretrained={path}", "layout.mode=homogeneous", f"layout.llm.tp={tp}", f"layout.vision.tp={tp}",
+            f"cluster.procs_per_node={tp}",
             f"model.llm.num_layers={config['num_hidden_layers']}", f"model.llm.hidden_size={config['hidden_size']}",
             f"model.llm.num_attention_heads={config['num_attention_heads']}",
             f"model.llm.ffn_hidden_size={config['intermediate_size']}", f"model.llm.vocab_size={config['vocab_size']}",
@@ -118,14 +126,27 @@ def run_hf(path: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_toolkit(path: Path) -> list[dict]:
+def run_toolkit(path: Path, procs: int, one_thread: bool = False) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MIMO_CPU_THREADS", None)
+    if one_thread:
+        env["MIMO_CPU_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d",
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}", "--rdzv-backend=c10d",
                "--rdzv-endpoint=localhost:0", str(Path(__file__).resolve()), "--worker", str(path), out]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
         return [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank-*.json"))]
+
+
+def slowest_rank(results: list[list[dict]]) -> float:
+    """Median over runs of the slowest rank's seconds."""
+    return statistics.median(max(r["seconds"] for r in ranks) for ranks in results)
+
+
+def runs(results: list) -> str:
+    return ", ".join(f"{max(r['seconds'] for r in x) if isinstance(x, list) else x['seconds']:.2f}" for x in results)
 
 
 def main() -> None:
@@ -137,6 +158,7 @@ def main() -> None:
     parser.add_argument("--ffn", type=int, default=8192)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--procs", type=int, default=2, help="ranks of the toolkit's import (its TP size)")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "mimo-bench-import"))
     parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,24 +167,29 @@ def main() -> None:
     path = Path(args.dir) / f"llama-h{args.hidden}-l{args.layers}-f{args.ffn}-v{args.vocab}"
     if not (path / "config.json").exists():
         save_checkpoint(path, args)
-    hf, ours = [], []
-    for _ in range(args.repeats):  # alternating, so both see the same machine
+    share = max(1, len(os.sched_getaffinity(0)) // args.procs)
+    hf, ours, single = [], [], []
+    for _ in range(args.repeats):  # alternating, so all see the same machine
         hf.append(run_hf(path))
-        ours.append(run_toolkit(path))
+        ours.append(run_toolkit(path, args.procs))
+        if share > 1:
+            single.append(run_toolkit(path, args.procs, one_thread=True))
     hf_s = statistics.median(r["seconds"] for r in hf)
-    ours_s = statistics.median(max(r["seconds"] for r in ranks) for ranks in ours)
-    hf_runs = ", ".join(f"{r['seconds']:.2f}" for r in hf)
-    our_runs = ", ".join(f"{max(r['seconds'] for r in ranks):.2f}" for ranks in ours)
-    print(f"transformers from_pretrained, 1 process: {hf_s:.2f} s (runs: {hf_runs})")
-    print(f"toolkit TP2 import, 2 processes (slowest rank): {ours_s:.2f} s (runs: {our_runs})")
+    ours_s = slowest_rank(ours)
+    print(f"transformers from_pretrained, 1 process: {hf_s:.2f} s (runs: {runs(hf)})")
+    print(f"toolkit TP{args.procs} import, {args.procs} process(es), {share} thread(s) each (slowest rank): "
+          f"{ours_s:.2f} s (runs: {runs(ours)})")
     print(f"wall time ratio: {ours_s / hf_s:.2f} (target <= 1.0)")
-    # Throughput per CPU second: transformers loads with a thread pool (both cores), each rank with
-    # one thread; on a machine with as many cores as ranks the wall ratio follows this one.
+    if single:
+        one_s = slowest_rank(single)
+        print(f"the same import on one thread per rank: {one_s:.2f} s (runs: {runs(single)}): {share} threads "
+              f"{one_s / ours_s:.2f}x faster (one thread's ratio to transformers: {one_s / hf_s:.2f})")
+    # Throughput per CPU second: transformers loads with a thread pool, each rank on its share.
     hf_rate = statistics.median(r["shard"] / r["cpu"] for r in hf) / 2**30
     our_rate = statistics.median(sum(r["shard"] for r in ranks) / sum(r["cpu"] for r in ranks) for ranks in ours) / 2**30
     print(f"GiB of fp32 parameters per CPU second (user + kernel): transformers {hf_rate:.2f}, toolkit {our_rate:.2f} "
           f"(ratio {hf_rate / our_rate:.2f})")
-    for rank in range(2):
+    for rank in range(args.procs):
         growth = statistics.median(ranks[rank]["growth"] for ranks in ours)
         shard = ours[0][rank]["shard"]
         print(f"rank {rank}: peak RSS growth {growth / 2**30:.2f} GiB for a {shard / 2**30:.2f} GiB shard: "

@@ -6,8 +6,8 @@ Four groups, in the order a step uses them (``docs/runtime.md`` has the reading 
   rank roles, freezing, data parallelism), the audio encoder, CPU-portable layers,
   layout-independent initialisation;
 * ``parallel/``: process groups, point-to-point transport, the encoder -> LLM bridge,
-  per-module data parallelism, the vocab-parallel loss, process start-up and the failure
-  board;
+  per-module data parallelism, the vocab-parallel loss, process start-up, each rank's share
+  of the node's CPUs and the failure board;
 * ``train/``: the trainer (the loop), the per-rank schedule and the engine that runs it,
   optimizers, metrics, checkpoints;
 * ``eval/``: greedy evaluation of a run, merging checkpoint shards, loss curves;

@@ -11,6 +11,10 @@ The slice of a parameter follows from megatron-core's own attributes on it
 (``tensor_model_parallel``, ``partition_dim``): column-parallel weights (``linear_qkv``,
 ``linear_fc1``, embeddings, output layer, projector ``linear_fc1``) take rows, row-parallel
 ones (``linear_proj``, ``linear_fc2``) columns; everything else is replicated.
+
+The copies (bf16 from the mapped files into fresh fp32 parameters) are memory-bound and run
+on the rank's share of the node's CPUs (:mod:`..parallel.cpu_threads`), not on the one
+thread a GPU job's rank trains with.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from ...hf.mapping import Rule, te_name
 from ...hf.pretrained import ModuleImport
+from ..parallel.cpu_threads import at_least_threads, rank_cpu_share
 from .init import canonical_names
 
 
@@ -132,11 +137,12 @@ def load_pretrained(part: torch.nn.Module, imp: ModuleImport, tp_rank: int, tp_s
     tensors.update((name, buf) for name, buf in part.named_buffers() if name.rsplit(".", 1)[-1] in ("positions",))
     filled = set()
     reader = SliceReader(imp)
-    for name, tensor in tensors.items():
-        rule = by_target.get(canonical.get(name, name))
-        if rule is not None:
-            fill_shard(reader, rule, tensor, tp_rank, tp_size)
-            filled.add(name)
+    with at_least_threads(rank_cpu_share()):  # the copies are memory-bound: every core of the rank's share
+        for name, tensor in tensors.items():
+            rule = by_target.get(canonical.get(name, name))
+            if rule is not None:
+                fill_shard(reader, rule, tensor, tp_rank, tp_size)
+                filled.add(name)
     return filled
 
 
