@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,10 @@ def test_steps_0_converts_and_multi_encoder_exports_one_directory_per_module(tmp
     run = run_job(tmp_path / "run", "multi_encoder", sets=sets)
     assert run.returncode == 0, run.output[-3000:]
     assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step-00000000" and not run.metrics
+    report = re.search(r"pretrained import seconds per rank \((\d+) CPU thread\(s\) each\): (\{.*\})", run.output)
+    assert report and int(report[1]) >= 1, run.output[-3000:]
+    seconds = json.loads(report[2])  # every module's import, on every rank that holds it
+    assert sorted(seconds) == ["audio", "llm", "vision"] and all(ranks and min(ranks.values()) >= 0 for ranks in seconds.values())
     proc = mimo("export", str(tmp_path / "run"), str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -126,6 +127,8 @@ class MimoModelProvider:
     """Layer backend the specs were built for (te or local)."""
     pretrained: dict[str, ModuleImport] = field(default_factory=dict)
     """Module -> its Hugging Face checkpoint import (``model.<module>.pretrained``, docs/weights.md)."""
+    import_seconds: dict[str, float] = field(default_factory=dict)
+    """Module -> seconds this rank spent reading its pretrained slices (the trainer reports them)."""
     collective_timeout_s: float | None = None
     """Timeout of every process group :meth:`build_infra` creates (the job's
     ``train.timeout_s``). None: torch's per-backend default, which is NOT the world group's."""
@@ -277,7 +280,9 @@ class MimoModelProvider:
                 skip=hf_import.covered(part, self.pretrained[name]) if name in self.pretrained else (),
             )
             if name in self.pretrained:  # pretrained weights: this rank's slices only
+                start = time.perf_counter()
                 hf_import.load_pretrained(part, self.pretrained[name], par.coordinates(rank)["tp"], par.tp)
+                self.import_seconds[name] = time.perf_counter() - start
 
     def _apply_freezing(self, model: RankLocalMimoModel) -> None:
         if self.freeze_language_model and model.language_model is not None:

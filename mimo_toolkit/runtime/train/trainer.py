@@ -100,6 +100,7 @@ class Trainer:
         self.time_keys = [f"{m}/{k}" for m in self.module_names for k in ("fwd", "bwd", "wait")]
         self.step = 0
         self._report_optimizer_state()
+        self._report_import()
 
     def _build_optimizers(self) -> dict[str, ModuleOptimizer]:
         """One optimizer per module this rank trains, over the pieces its data-parallel wrapper
@@ -120,6 +121,22 @@ class Trainer:
         table = {m: {r: int(v[i]) for r, v in enumerate(every) if v[i] >= 0} for i, m in enumerate(self.module_names)}
         kind = "distributed" if self.sharded else "replicated"
         self.metrics.say(f"[mimo-toolkit] optimizer state bytes per rank ({kind}): {json.dumps(table)}")
+
+    def _report_import(self) -> None:
+        """One line on rank 0 where the job imports pretrained weights: each module's import
+        seconds on each of its ranks, and the CPU threads each rank copied on (a slow import on a
+        cluster shows here, not only as a late first step)."""
+        if not any(arch.pretrained for arch in self.job.model.values()):  # the same on every rank
+            return
+        from ..parallel.cpu_threads import rank_cpu_share
+
+        seconds = self.provider.import_seconds
+        every = _gather_floats([seconds.get(m, -1.0) for m in self.module_names], self.ctx)
+        table = {m: {r: round(v[i], 2) for r, v in enumerate(every) if v[i] >= 0} for i, m in enumerate(self.module_names)}
+        table = {m: ranks for m, ranks in table.items() if ranks}
+        threads = max(torch.get_num_threads(), rank_cpu_share())
+        self.metrics.say(f"[mimo-toolkit] pretrained import seconds per rank ({threads} CPU thread(s) each): "
+                         f"{json.dumps(table)}")
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> int:
