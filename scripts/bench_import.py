@@ -167,7 +167,9 @@ def main() -> None:
     path = Path(args.dir) / f"llama-h{args.hidden}-l{args.layers}-f{args.ffn}-v{args.vocab}"
     if not (path / "config.json").exists():
         save_checkpoint(path, args)
-    share = max(1, len(os.sched_getaffinity(0)) // args.procs)
+    from mimo_toolkit.runtime.parallel.cpu_threads import usable_cpus  # torch-free
+
+    share = max(1, usable_cpus() // args.procs)  # each rank's share, as the import computes it
     hf, ours, single = [], [], []
     for _ in range(args.repeats):  # alternating, so all see the same machine
         hf.append(run_hf(path))

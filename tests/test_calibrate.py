@@ -124,7 +124,7 @@ def test_layouts_predict_what_the_profile_implies():
 
 def test_quiet_run_repeats_a_disturbed_run(monkeypatch):
     monkeypatch.setattr(measure, "wait_until_quiet", lambda timeout: 0.0)
-    monkeypatch.setattr(measure, "_cores", lambda: 2)
+    monkeypatch.setattr(measure, "usable_cpus", lambda: 2)
     loads = iter([0.7, 0.05, 0.0])
     runs = []
 

@@ -34,6 +34,7 @@ from ..launch import write_job
 from ..render import job_env
 from ..resolve import resolve_job
 from ..run_dir import RunDir
+from ..runtime.parallel.cpu_threads import usable_cpus  # torch-free
 from ..torchrun import TRAIN_MODULE, torchrun_args, train_args
 from .calibration import (
     CalibrationProfile,
@@ -66,7 +67,7 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         busy, children, start = self._start
         wall = max(time.monotonic() - start, 1e-6)
-        self.foreign = max(0.0, (_busy_s() - busy) - (_children_s() - children)) / (wall * _cores())
+        self.foreign = max(0.0, (_busy_s() - busy) - (_children_s() - children)) / (wall * usable_cpus())
 
 
 def _busy_s() -> float:
@@ -81,10 +82,6 @@ def _busy_s() -> float:
 def _children_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def wait_until_quiet(timeout: float, span: float = 1.0) -> float:
@@ -170,7 +167,7 @@ def run_training(recipe: str, preset: str | None, sets: Sequence[str], steps: in
 def quiet_run(run: Callable[[], TimedRun], procs: int, echo: Echo, attempts: int = 2, wait_s: float = 20) -> TimedRun:
     """``run()`` of a ``procs``-process job on a quiet machine; repeated while others took more
     than the cores the job leaves idle (plus ``BUSY``), keeping the least disturbed attempt."""
-    allowed = max(0, _cores() - procs) / _cores() + BUSY
+    allowed = max(0, usable_cpus() - procs) / usable_cpus() + BUSY
     best: TimedRun | None = None
     for attempt in range(attempts):
         wait_until_quiet(wait_s)
@@ -239,7 +236,7 @@ def fit_profile(groups: Sequence[Sequence[TimedRun]], comm: ProfileComm, provena
             compute_first.setdefault(name, compute)
     fixed = {name: split_micro_batch_cost(p)[0] for name, p in points.items()}
     steps = [s for run in groups[0] for s in run.step_seconds()[WARMUP:]]
-    description = f"{_cores()} CPU cores, gloo, {provenance.get('threads_per_process', '1')} thread(s) per process"
+    description = f"{usable_cpus()} CPU cores, gloo, {provenance.get('threads_per_process', '1')} thread(s) per process"
     return profile_from_timings(first, "cpu", compute_first, steps, memory_gib=memory, description=description,
                                 warmup=0, micro_batch_seconds=fixed, comm=comm, provenance=provenance)
 
@@ -274,7 +271,7 @@ def calibrate(recipe: str, preset: str | None, sets: Sequence[str], steps: int =
                     recipe, preset, s, steps, d, threads), resolved.world_size, echo))
     runs = [run for mbs in sizes for run in groups[mbs]]
     provenance = {
-        "sets": " ".join(sets), "threads_per_process": str(threads), "cores": str(_cores()),
+        "sets": " ".join(sets), "threads_per_process": str(threads), "cores": str(usable_cpus()),
         "micro_batch_sizes": ",".join(map(str, sizes)), "steps": str(steps), "repeats": str(repeats),
         "foreign_load": ",".join(f"{r.foreign_load:.2f}" for r in runs),
     }

@@ -16,14 +16,18 @@ import os
 from collections.abc import Iterator
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a Slurm allocation's, not the whole
+    node's) where the platform has one. Torch-free: the planner's calibration reads it too."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def rank_cpu_share() -> int:
-    """``MIMO_CPU_THREADS`` if set, else the CPUs this process may run on (its affinity: a
-    Slurm allocation's, not the whole node's) divided among the node's ranks (torchrun's
-    ``LOCAL_WORLD_SIZE``); at least 1."""
+    """``MIMO_CPU_THREADS`` if set, else :func:`usable_cpus` divided among the node's ranks
+    (torchrun's ``LOCAL_WORLD_SIZE``); at least 1."""
     if os.environ.get("MIMO_CPU_THREADS"):
         return max(1, int(os.environ["MIMO_CPU_THREADS"]))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @contextlib.contextmanager
