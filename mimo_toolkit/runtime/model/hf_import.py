@@ -4,8 +4,8 @@ Called by the provider's ``initialize_weights`` for every module with
 ``model.<module>.pretrained``. Each parameter this rank holds is matched to its rule in
 :mod:`mimo_toolkit.hf.mapping` by its canonical name (global layer numbers, so a pipeline
 stage finds its own layers), and ONLY the rows or columns of its tensor-parallel shard are
-read from the safetensors files (``safe_open(...).get_slice``): a rank never holds a full
-copy of a sharded tensor, and peak memory grows by about the shard itself.
+read from the memory-mapped safetensors files (:class:`SliceReader`): a rank never holds a
+full copy of a sharded tensor, and peak memory grows by about the shard itself.
 
 The slice of a parameter follows from megatron-core's own attributes on it
 (``tensor_model_parallel``, ``partition_dim``): column-parallel weights (``linear_qkv``,
@@ -19,6 +19,11 @@ thread a GPU job's rank trains with.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import warnings
+from pathlib import Path
+
 import torch
 
 from ...hf.mapping import Rule, te_name
@@ -27,31 +32,64 @@ from ..parallel.cpu_threads import at_least_threads, rank_cpu_share
 from .init import canonical_names
 
 
-class SliceReader:
-    """Row/column ranges of the checkpoint's tensors, read through safetensors' lazy slices.
+#: safetensors dtype name -> torch dtype
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
 
-    A slice is a view of the mapped file (its pages count as this process's memory while it
-    lives): it is copied into the parameter at once and dropped, so at most one slice is
-    resident at a time."""
+
+class SliceReader:
+    """Row/column ranges of the checkpoint's tensors: views of the memory-mapped files.
+
+    Each file is mapped once, read-only; a tensor is a view of its bytes (the offsets
+    :mod:`mimo_toolkit.hf.checkpoint` read from the header), so a row or column slice costs
+    nothing until the copy into the parameter reads it, on every thread of the copy. A mapped
+    page the process has touched counts as its memory while it stays mapped, so
+    :meth:`release` drops the pages read so far (they stay in the page cache) after each
+    parameter: at most one parameter's source is resident at a time."""
 
     def __init__(self, imp: ModuleImport) -> None:
         self.module = imp.module
         self.tensors = imp.source.checkpoint.tensors
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._read: list[tuple[mmap.mmap, int, int]] = []  # byte ranges viewed since the last release
 
-    def _read(self, name: str, index) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self.tensors[name].file), framework="pt", device="cpu") as f:
-            return f.get_slice(name)[index]
+    def _tensor(self, name: str) -> torch.Tensor:
+        info = self.tensors[name]
+        if info.numel == 0:
+            return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
+        mapped = self._maps.get(info.file)
+        if mapped is None:
+            with open(info.file, "rb") as f:
+                mapped = self._maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        with warnings.catch_warnings():  # read-only by construction: only ever a copy source
+            warnings.filterwarnings("ignore", "The given buffer is not writable")
+            flat = torch.frombuffer(mapped, dtype=TORCH_DTYPES[info.dtype], count=info.numel, offset=info.offset)
+        self._read.append((mapped, info.offset, info.offset + info.nbytes))
+        return flat.view(info.shape)
 
     def full(self, name: str) -> torch.Tensor:
-        return self._read(name, slice(None))
+        return self._tensor(name)
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return self._read(name, slice(start, stop))
+        return self._tensor(name)[start:stop]
 
     def cols(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return self._read(name, (slice(None), slice(start, stop)))
+        return self._tensor(name)[:, start:stop]
+
+    def release(self) -> None:
+        """Unmap the pages read since the last call from this process (``MADV_DONTNEED``)."""
+        for mapped, start, stop in self._read:
+            aligned = start - start % mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_DONTNEED, aligned, stop - aligned)
+        self._read.clear()
+
+    def close(self) -> None:
+        self.release()
+        for mapped in self._maps.values():
+            with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+                mapped.close()
+        self._maps.clear()
 
 
 def _shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
@@ -137,12 +175,16 @@ def load_pretrained(part: torch.nn.Module, imp: ModuleImport, tp_rank: int, tp_s
     tensors.update((name, buf) for name, buf in part.named_buffers() if name.rsplit(".", 1)[-1] in ("positions",))
     filled = set()
     reader = SliceReader(imp)
-    with at_least_threads(rank_cpu_share()):  # the copies are memory-bound: every core of the rank's share
-        for name, tensor in tensors.items():
-            rule = by_target.get(canonical.get(name, name))
-            if rule is not None:
-                fill_shard(reader, rule, tensor, tp_rank, tp_size)
-                filled.add(name)
+    try:
+        with at_least_threads(rank_cpu_share()):  # the copies are memory-bound: every core of the rank's share
+            for name, tensor in tensors.items():
+                rule = by_target.get(canonical.get(name, name))
+                if rule is not None:
+                    fill_shard(reader, rule, tensor, tp_rank, tp_size)
+                    reader.release()
+                    filled.add(name)
+    finally:
+        reader.close()
     return filled
 
 
