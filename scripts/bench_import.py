@@ -19,9 +19,10 @@ Each rank starts with one torch thread, as under torchrun in a GPU job; the impo
 the rank's share of the CPUs (``runtime/parallel/cpu_threads.py``). Where that share is more
 than one thread, the run also times the import held to one thread per rank
 (``MIMO_CPU_THREADS=1``), alternating with the others, and prints what the threads gain
-(``--no-one-thread`` skips it). Not timed: creating the process groups (every job does, with
-or without pretrained weights; printed apart) and, on a GPU machine, CUDA's start-up (a GPU
-job's rank has its device before it builds the model).
+(``--no-one-thread`` skips it). Each rank starts as a job's rank does (``train.py``): its
+start-up objects frozen out of the garbage collector's scans, and on a GPU machine CUDA
+started before the model is built. Not timed: creating the process groups (every job does,
+with or without pretrained weights; printed apart). ``transformers`` runs as a plain script.
 """
 
 from __future__ import annotations
