@@ -90,10 +90,10 @@ def freeze_startup_objects() -> None:
     After the runtime's imports those are ~430k modules, classes and functions from torch,
     megatron-core and the toolkit: they live as long as the process, yet every full
     collection (Python starts one after enough allocations, at a point nobody chooses) would
-    walk them all, 0.21-0.24 s each on this project's dev VM. On a lent GPU box one landed
-    inside the model build and took 0.24 of the pretrained import's 0.6 s; in a training
-    step it would stall every rank waiting on this one. Objects the job creates from here on
-    are collected as usual."""
+    walk them all, 0.21-0.24 s each on this project's dev VM. On a lent GPU box a pause of
+    that size (most likely one) landed inside the model build: 0.24 of the pretrained import's
+    0.6 s (docs/weights.md); in a training step it would stall every rank waiting on this one.
+    Objects the job creates from here on are collected as usual."""
     import gc
 
     gc.freeze()
