@@ -11,8 +11,8 @@ The checkpoint (bf16 safetensors, as published checkpoints are) is written once 
 and the provider's model (fp32 parameters; the job casts to bf16 later). Timed: the
 ``from_pretrained`` call, and on each rank the provider's build (model construction +
 per-rank slice reads), the slowest rank counting. Memory: each rank's peak RSS growth over
-the import (the peak is reset first through ``/proc/self/clear_refs``) against the bytes of
-the parameters it holds. Prints the medians of ``--repeats`` alternating runs and the ratios
+the import (the job's own ``MemoryProbe``: peak reset through ``/proc/self/clear_refs``)
+against the bytes of the parameters it holds. Prints the medians of ``--repeats`` alternating runs and the ratios
 (targets: wall time <= 1.0x, RSS growth <= 1.25x the shard).
 
 Each rank starts with one torch thread, as under torchrun in a GPU job; the import copies on
@@ -42,18 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
 
 
 def cpu_s() -> float:
@@ -103,14 +91,15 @@ def hf_side(path: str) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    reset_peak()
-    before = rss_kib("VmRSS")
+    from mimo_toolkit.runtime.train.memory_probe import MemoryProbe  # torch only, no megatron-core
+
+    probe = MemoryProbe(torch.device("cpu"))
     start, cpu = time.perf_counter(), cpu_s()
     with CollectorPauses() as collector:
         model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
     seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
     shard = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"seconds": seconds, "cpu": cpu, "growth": (rss_kib("VmHWM") - before) * 1024, "shard": shard,
+    return {"seconds": seconds, "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
             "gc": collector.seconds, "full_gcs": collector.full}
 
 
@@ -122,6 +111,7 @@ def toolkit_side(path: str, out: str) -> None:
 
     from mimo_toolkit.resolve import resolve_job
     from mimo_toolkit.runtime.model.provider import MimoModelProvider
+    from mimo_toolkit.runtime.train.memory_probe import MemoryProbe
     from mimo_toolkit.train import freeze_startup_objects
 
     torch.set_num_threads(1)  # torchrun's OMP_NUM_THREADS=1 in a GPU job
@@ -140,8 +130,7 @@ def toolkit_side(path: str, out: str) -> None:
     job = resolve_job("llava", "tiny", sets=sets).config
     freeze_startup_objects()  # as train.py does once its imports are done
     dist.barrier()
-    reset_peak()
-    before = rss_kib("VmRSS")
+    probe = MemoryProbe(torch.device("cpu"))
     start, cpu = time.perf_counter(), cpu_s()
     with CollectorPauses() as collector:
         provider = MimoModelProvider.from_job(job)
@@ -153,7 +142,7 @@ def toolkit_side(path: str, out: str) -> None:
     seconds, cpu = time.perf_counter() - start - groups, cpu_s() - cpu
     shard = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
     result = {"rank": dist.get_rank(), "seconds": seconds, "copy": provider.import_seconds["llm"], "groups": groups,
-              "cpu": cpu, "growth": (rss_kib("VmHWM") - before) * 1024, "shard": shard,
+              "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
               "gc": collector.seconds, "full_gcs": collector.full}
     Path(out, f"rank-{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.barrier()

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from mimo_toolkit.runtime.model.hf_import import PageFaulter
+from mimo_toolkit.runtime.train.memory_probe import status_kib
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
 
 
 def rss_anon_kib() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    pytest.skip("no RssAnon in /proc/self/status")
+    kib = status_kib("RssAnon")
+    if kib is None:
+        pytest.skip("no RssAnon in /proc/self/status")
+    return kib
 
 
 def test_a_fresh_tensors_pages_are_mapped_before_any_write():

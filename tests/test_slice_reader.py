@@ -13,13 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from mimo_toolkit.hf.checkpoint import read_header
 from mimo_toolkit.runtime.model.hf_import import SliceReader
+from mimo_toolkit.runtime.train.memory_probe import status_kib
 
 
 def rss_file_kib() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssFile:"):
-            return int(line.split()[1])
-    pytest.skip("no RssFile in /proc/self/status")
+    kib = status_kib("RssFile")
+    if kib is None:
+        pytest.skip("no RssFile in /proc/self/status")
+    return kib
 
 
 @pytest.fixture()

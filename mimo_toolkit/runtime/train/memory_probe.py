@@ -21,7 +21,9 @@ import torch
 _STATUS = Path("/proc/self/status")
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``, ``RssAnon``, ...) in KiB;
+    None where there is no such file or field."""
     try:
         match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
@@ -36,7 +38,7 @@ class MemoryProbe:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
             return
-        self.base = _status_kib("VmRSS")
+        self.base = status_kib("VmRSS")
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         except OSError:
@@ -46,5 +48,5 @@ class MemoryProbe:
         """Peak bytes above the starting point, so far."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - self.base
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         return None if self.base is None or peak is None else (peak - self.base) * 1024
