@@ -22,7 +22,12 @@ than one thread, the run also times the import held to one thread per rank
 (``--no-one-thread`` skips it). Each rank starts as a job's rank does (``train.py``): its
 start-up objects frozen out of the garbage collector's scans, and on a GPU machine CUDA
 started before the model is built. Not timed: creating the process groups (every job does,
-with or without pretrained weights; printed apart). ``transformers`` runs as a plain script.
+with or without pretrained weights; printed apart), and one read of the checkpoint's files
+before each side's clock, so both start from the page cache (printed: a slow read means the
+machine had dropped the file's pages). ``transformers`` runs as a plain script. Also timed,
+alternating with the others: the floor, bare copies of the same bytes in the same number of
+processes with no model at all, since writing fresh pages dominates on some machines and
+varies with the minute; each side's multiple of the floor is what its code adds.
 Both sides also report the garbage collector's time inside their clock and its full
 collections, so a pause like the one found on a GPU box's profile shows in the output.
 """
@@ -33,6 +38,7 @@ import argparse
 import gc
 import json
 import os
+import queue
 import resource
 import statistics
 import subprocess
@@ -72,6 +78,22 @@ class CollectorPauses:
         gc.callbacks.remove(self._callback)
 
 
+def read_through(path: str) -> float:
+    """Read the checkpoint's files once (outside the clocks), so each side starts from the page
+    cache: a VM may drop cold file pages between runs (this one pages out file pages idle for a
+    minute), and a re-read from disk inside one side's clock would time the disk, not the import.
+    Returns the seconds it took: ~0.1 s per GiB from the cache, seconds when it came from disk."""
+    import mmap
+
+    # A page-aligned buffer: reads into a bytearray (16 bytes off a page) ran 5x slower here.
+    start, buffer = time.perf_counter(), mmap.mmap(-1, 64 << 20)
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with open(file, "rb", buffering=0) as stream:
+            while stream.readinto(buffer):
+                pass
+    return time.perf_counter() - start
+
+
 def save_checkpoint(path: Path, args) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -93,6 +115,7 @@ def hf_side(path: str) -> dict:
 
     from mimo_toolkit.runtime.train.memory_probe import MemoryProbe  # torch only, no megatron-core
 
+    read = read_through(path)
     probe = MemoryProbe(torch.device("cpu"))
     start, cpu = time.perf_counter(), cpu_s()
     with CollectorPauses() as collector:
@@ -100,7 +123,7 @@ def hf_side(path: str) -> dict:
     seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
     shard = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"seconds": seconds, "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
-            "gc": collector.seconds, "full_gcs": collector.full}
+            "gc": collector.seconds, "full_gcs": collector.full, "read": read}
 
 
 def toolkit_side(path: str, out: str) -> None:
@@ -129,6 +152,7 @@ def toolkit_side(path: str, out: str) -> None:
             "model.llm.max_sequence_length=2048"]
     job = resolve_job("llava", "tiny", sets=sets).config
     freeze_startup_objects()  # as train.py does once its imports are done
+    read = read_through(path) if dist.get_rank() == 0 else 0.0
     dist.barrier()
     probe = MemoryProbe(torch.device("cpu"))
     start, cpu = time.perf_counter(), cpu_s()
@@ -143,27 +167,80 @@ def toolkit_side(path: str, out: str) -> None:
     shard = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
     result = {"rank": dist.get_rank(), "seconds": seconds, "copy": provider.import_seconds["llm"], "groups": groups,
               "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
-              "gc": collector.seconds, "full_gcs": collector.full}
+              "gc": collector.seconds, "full_gcs": collector.full, "read": read}
     Path(out, f"rank-{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def run_hf(path: Path) -> dict:
+def floor_side(path: str, part: int, parts: int, threads: int, barrier, results) -> None:
+    """One of ``parts`` processes started together: map the checkpoint's files and convert its
+    1/``parts`` of every file's bf16 data into fresh fp32 memory with a plain ``copy_``, on
+    ``threads`` threads. No model, no names, no layout: the least any TP import of this
+    checkpoint does, on this machine, in this minute (writing fresh pages dominates here)."""
+    import mmap
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", "The given buffer is not writable")
+    read = read_through(path) if part == 0 else 0.0
+    barrier.wait()
+    start, kept = time.perf_counter(), []
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with open(file, "rb") as stream:
+            mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        data = torch.frombuffer(mapped, dtype=torch.bfloat16, offset=8 + int.from_bytes(mapped[:8], "little"))
+        lo, hi = part * data.numel() // parts, (part + 1) * data.numel() // parts
+        kept.append(torch.empty(hi - lo, dtype=torch.float32).copy_(data[lo:hi]))
+    results.put({"part": part, "seconds": time.perf_counter() - start, "read": read})
+
+
+def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
+    """``floor_side`` in ``procs`` fresh processes at once, released together by a barrier once
+    their imports are done."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(procs), context.Queue()
+    workers = [context.Process(target=floor_side, args=(str(path), part, procs, threads, barrier, results))
+               for part in range(procs)]
+    for worker in workers:
+        worker.start()
+    parts = []
+    while len(parts) < procs:
+        try:
+            parts.append(results.get(timeout=1))
+        except queue.Empty:
+            if any(worker.exitcode for worker in workers):  # a dead worker: the others wait at the barrier
+                for worker in workers:
+                    worker.kill()
+                raise SystemExit(f"floor: a copy process failed (exit codes {[w.exitcode for w in workers]})")
+    for worker in workers:
+        worker.join()
+    return parts
+
+
+def run_side(function: str, *args) -> dict:
+    """Call one of this file's functions in a fresh Python process; its JSON result."""
     code = f"import sys, json; sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench_import as b; " \
-           f"print(json.dumps(b.hf_side({str(path)!r})))"
+           f"print(json.dumps(b.{function}(*{list(map(str, args))!r})))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_toolkit(path: Path, procs: int, one_thread: bool = False) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from mimo_toolkit.torchrun import torchrun_args  # torch-free
+
+    paths = [str(REPO / "scripts"), str(REPO), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     env.pop("MIMO_CPU_THREADS", None)
     if one_thread:
         env["MIMO_CPU_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}", "--rdzv-backend=c10d",
-               "--rdzv-endpoint=localhost:0", str(Path(__file__).resolve()), "--worker", str(path), out]
+        cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=procs, rdzv_endpoint="localhost:0",
+                            module="bench_import", module_args=["--worker", str(path), out])  # as a job starts its ranks
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -202,9 +279,10 @@ def main() -> None:
     from mimo_toolkit.runtime.parallel.cpu_threads import usable_cpus  # torch-free
 
     share = max(1, usable_cpus() // args.procs)  # each rank's share, as the import computes it
-    hf, ours, single = [], [], []
+    hf, ours, single, floor = [], [], [], []
     for _ in range(args.repeats):  # alternating, so all see the same machine
-        hf.append(run_hf(path))
+        floor.append(run_floor(path, args.procs, share))
+        hf.append(run_side("hf_side", path))
         ours.append(run_toolkit(path, args.procs))
         if share > 1 and args.one_thread:
             single.append(run_toolkit(path, args.procs, one_thread=True))
@@ -218,6 +296,9 @@ def main() -> None:
     print(f"  of which reading and copying the slices: {copy_s:.2f} s; building the model: {ours_s - copy_s:.2f} s "
           f"(not counted: creating the process groups, {groups_s:.2f} s)")
     print(f"wall time ratio: {ours_s / hf_s:.2f} (target <= 1.0)")
+    paired = [max(r["seconds"] for r in ranks) / h["seconds"] for ranks, h in zip(ours, hf)]
+    print(f"  per repeat (the two sides a few seconds apart): {', '.join(f'{x:.2f}' for x in paired)}; "
+          f"median {statistics.median(paired):.2f}")
     print(f"garbage collection inside the clock (medians): transformers {statistics.median(r['gc'] for r in hf):.3f} s, "
           f"{max(r['full_gcs'] for r in hf)} full at most; toolkit slowest rank "
           f"{statistics.median(max(r['gc'] for r in ranks) for ranks in ours):.3f} s, "
@@ -231,6 +312,13 @@ def main() -> None:
     our_rate = statistics.median(sum(r["shard"] for r in ranks) / sum(r["cpu"] for r in ranks) for ranks in ours) / 2**30
     print(f"GiB of fp32 parameters per CPU second (user + kernel): transformers {hf_rate:.2f}, toolkit {our_rate:.2f} "
           f"(ratio {hf_rate / our_rate:.2f})")
+    reads = [r["read"] for r in hf] + [max(r["read"] for r in ranks) for ranks in ours + single + floor]
+    print(f"checkpoint read through the page cache before each clock (not timed): median {statistics.median(reads):.2f} s, "
+          f"slowest {max(reads):.2f} s (seconds there mean it came back from disk)")
+    floor_s = slowest_rank(floor)
+    print(f"the floor, bare copies: {args.procs} processes at once, each converting 1/{args.procs} of the checkpoint "
+          f"into fresh fp32 memory with a plain copy_ on {share} thread(s), no model: {floor_s:.2f} s (runs: "
+          f"{runs(floor)}); toolkit {ours_s / floor_s:.2f}x the floor, transformers {hf_s / floor_s:.2f}x")
     for rank in range(args.procs):
         growth = statistics.median(ranks[rank]["growth"] for ranks in ours)
         shard = ours[0][rank]["shard"]
