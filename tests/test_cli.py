@@ -52,7 +52,7 @@ def test_help_has_an_example(command, tmp_path):
         (["show", "llava", "--nodes", "abc"], "Invalid value for '--nodes' / '-n': 'abc' is not a valid integer. (see `mimo-toolkit show --help`)"),
         (["render", "llava", "-s", "slurm"], "Missing option '-o' / '--output-dir'. (see `mimo-toolkit render --help`)"),
         (["render", "llava", "-s", "pbs", "-o", "out"], "Invalid value for '--scheduler' / '-s': 'pbs' is not one of 'slurm', 'torchx', 'local'. (see `mimo-toolkit render --help`)"),
-        (["render", "llava", "-s", "slurm", "-o", "out", "--job-name", "a\nb"], "job_name='a\\nb': must be non-empty, without control characters"),
+        (["render", "llava", "-s", "slurm", "-o", "out", "--job-name", "a\nb"], "job_name='a\\nb': must contain a letter or digit, without control characters"),
         (["render", "llava", "-s", "slurm", "-o", "out", "--template-dir", "nope"], "--template-dir 'nope' is not a directory"),
         (["render", "llava", "-s", "torchx", "-o", "out", "--env", "A=x=y"], "env A='x=y': TorchX's --env K=V,... cannot carry '=', ',', control characters, outer spaces or an empty value; use --scheduler slurm"),
         (["submit", "llava", "-s", "slurm", "--env", "1A=x"], "--env '1A': not a valid environment variable name"),

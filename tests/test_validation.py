@@ -45,7 +45,8 @@ REFUSED = {
     "cluster.torchx_scheduler=slrum": "cluster.torchx_scheduler='slrum': expected one of aws_batch, aws_sagemaker, "
                                       "gcp_batch, kubernetes, kubernetes_mcad, local_cwd, local_docker, lsf, ray, slurm",
     "cluster.python=": "cluster.python='': must name the interpreter on the compute nodes",
-    "job_name= ": "job_name=' ': must be non-empty, without control characters",
+    "job_name= ": "job_name=' ': must contain a letter or digit, without control characters",
+    "job_name=--": "job_name='--': must contain a letter or digit, without control characters",
     "layout.special_token_ids.vision=7": "layout.special_token_ids.vision=7 is a text id (0 <= id < "
                                          "model.llm.vocab_size=320); use a negative id (LLaVA uses -200)",
     "data.source=llava": "data.source=llava needs data.path (a LLaVA-style JSON or JSONL file)",

@@ -187,8 +187,10 @@ def check_env_name(name: str, where: str) -> None:
 def check_scheduler_strings(job: JobConfig) -> None:
     """Job name, time limit, memory, dependency, signal, Slurm names and the TorchX scheduler."""
     cluster = job.cluster
-    if not job.job_name.strip() or _CONTROL.search(job.job_name):
-        raise UserError(f"job_name={job.job_name!r}: must be non-empty, without control characters")
+    # A letter or digit: a name of punctuation alone names nothing, and "--" does not survive
+    # the TorchX command line (Python 3.11's argparse drops an option value that is exactly "--").
+    if not any(ch.isalnum() for ch in job.job_name) or _CONTROL.search(job.job_name):
+        raise UserError(f"job_name={job.job_name!r}: must contain a letter or digit, without control characters")
     if not SLURM_TIME.fullmatch(cluster.time):
         raise UserError(
             f"cluster.time={cluster.time!r}: expected a Slurm time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, "
