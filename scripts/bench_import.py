@@ -222,10 +222,9 @@ def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
     return parts
 
 
-def run_side(function: str, *args) -> dict:
-    """Call one of this file's functions in a fresh Python process; its JSON result."""
+def run_hf(path: Path) -> dict:
     code = f"import sys, json; sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench_import as b; " \
-           f"print(json.dumps(b.{function}(*{list(map(str, args))!r})))"
+           f"print(json.dumps(b.hf_side({str(path)!r})))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -282,7 +281,7 @@ def main() -> None:
     hf, ours, single, floor = [], [], [], []
     for _ in range(args.repeats):  # alternating, so all see the same machine
         floor.append(run_floor(path, args.procs, share))
-        hf.append(run_side("hf_side", path))
+        hf.append(run_hf(path))
         ours.append(run_toolkit(path, args.procs))
         if share > 1 and args.one_thread:
             single.append(run_toolkit(path, args.procs, one_thread=True))
