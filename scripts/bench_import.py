@@ -29,7 +29,10 @@ alternating with the others: the floor, bare copies of the same bytes in the sam
 processes with no model at all, since writing fresh pages dominates on some machines and
 varies with the minute; each side's multiple of the floor is what its code adds.
 Both sides also report the garbage collector's time inside their clock and its full
-collections, so a pause like the one found on a GPU box's profile shows in the output.
+collections, so a pause like the one found on a GPU box's profile shows in the output, and the
+kernel's time per page fault (each side maps ~one fresh 4 KiB page per fault): on a VM whose
+host backs reported-free memory lazily that cost is what moves with the hour, and the rank that
+draws the dear pages is the slowest (docs/weights.md).
 """
 
 from __future__ import annotations
@@ -50,10 +53,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cpu_s() -> float:
-    """This process's CPU seconds so far, every thread, user + kernel (page faults are kernel time)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def usage() -> dict:
+    """This process's CPU seconds so far (every thread; user and kernel apart: mapping fresh
+    pages is kernel time) and its minor page faults (one per fresh 4 KiB page mapped)."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user": now.ru_utime, "kernel": now.ru_stime, "faults": now.ru_minflt}
+
+
+def spent(before: dict) -> dict:
+    """What :func:`usage` grew by since ``before``; ``cpu`` is user + kernel."""
+    now = usage()
+    grown = {key: now[key] - before[key] for key in now}
+    return {**grown, "cpu": grown["user"] + grown["kernel"]}
 
 
 class CollectorPauses:
@@ -117,12 +128,12 @@ def hf_side(path: str) -> dict:
 
     read = read_through(path)
     probe = MemoryProbe(torch.device("cpu"))
-    start, cpu = time.perf_counter(), cpu_s()
+    start, before = time.perf_counter(), usage()
     with CollectorPauses() as collector:
         model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
+    seconds, cpu = time.perf_counter() - start, spent(before)
     shard = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"seconds": seconds, "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
+    return {"seconds": seconds, **cpu, "growth": probe.peak_bytes(), "shard": shard,
             "gc": collector.seconds, "full_gcs": collector.full, "read": read}
 
 
@@ -155,7 +166,7 @@ def toolkit_side(path: str, out: str) -> None:
     read = read_through(path) if dist.get_rank() == 0 else 0.0
     dist.barrier()
     probe = MemoryProbe(torch.device("cpu"))
-    start, cpu = time.perf_counter(), cpu_s()
+    start, before = time.perf_counter(), usage()
     with CollectorPauses() as collector:
         provider = MimoModelProvider.from_job(job)
         provider.finalize()
@@ -163,10 +174,10 @@ def toolkit_side(path: str, out: str) -> None:
         provider.get_or_build_infra()  # the process groups: every job creates them, pretrained or not
         groups = time.perf_counter() - groups
         model = provider.provide()
-    seconds, cpu = time.perf_counter() - start - groups, cpu_s() - cpu
+    seconds, cpu = time.perf_counter() - start - groups, spent(before)
     shard = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
     result = {"rank": dist.get_rank(), "seconds": seconds, "copy": provider.import_seconds["llm"], "groups": groups,
-              "cpu": cpu, "growth": probe.peak_bytes(), "shard": shard,
+              **cpu, "growth": probe.peak_bytes(), "shard": shard,
               "gc": collector.seconds, "full_gcs": collector.full, "read": read}
     Path(out, f"rank-{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -187,14 +198,15 @@ def floor_side(path: str, part: int, parts: int, threads: int, barrier, results)
     warnings.filterwarnings("ignore", "The given buffer is not writable")
     read = read_through(path) if part == 0 else 0.0
     barrier.wait()
-    start, kept = time.perf_counter(), []
+    start, before, kept = time.perf_counter(), usage(), []
     for file in sorted(Path(path).glob("*.safetensors")):
         with open(file, "rb") as stream:
             mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
         data = torch.frombuffer(mapped, dtype=torch.bfloat16, offset=8 + int.from_bytes(mapped[:8], "little"))
         lo, hi = part * data.numel() // parts, (part + 1) * data.numel() // parts
         kept.append(torch.empty(hi - lo, dtype=torch.float32).copy_(data[lo:hi]))
-    results.put({"part": part, "seconds": time.perf_counter() - start, "read": read})
+    seconds = time.perf_counter() - start
+    results.put({"part": part, "seconds": seconds, **spent(before), "read": read})
 
 
 def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
@@ -318,6 +330,17 @@ def main() -> None:
     print(f"the floor, bare copies: {args.procs} processes at once, each converting 1/{args.procs} of the checkpoint "
           f"into fresh fp32 memory with a plain copy_ on {share} thread(s), no model: {floor_s:.2f} s (runs: "
           f"{runs(floor)}); toolkit {ours_s / floor_s:.2f}x the floor, transformers {hf_s / floor_s:.2f}x")
+    # The kernel's time per fresh page is what moves with the hour here (the host backing memory
+    # the guest had reported free); which rank draws the dear pages decides the slowest rank.
+    def per_page(runs_: list[dict]) -> str:
+        return f"{statistics.median(1e6 * r['kernel'] / max(r['faults'], 1) for r in runs_):.1f}"
+
+    slow = [max(ranks, key=lambda r: r["seconds"]) for ranks in ours]
+    fast = [min(ranks, key=lambda r: r["seconds"]) for ranks in ours]
+    print(f"kernel microseconds per page fault (fresh pages mapped), medians: floor "
+          f"{per_page([max(parts, key=lambda r: r['seconds']) for parts in floor])}, toolkit slowest rank "
+          f"{per_page(slow)} (fastest {per_page(fast)}; ranks apart by "
+          f"{statistics.median(s['seconds'] - f['seconds'] for s, f in zip(slow, fast)):.2f} s), transformers {per_page(hf)}")
     for rank in range(args.procs):
         growth = statistics.median(ranks[rank]["growth"] for ranks in ours)
         shard = ours[0][rank]["shard"]
