@@ -9,7 +9,9 @@ For each layout every rank builds the groups exactly as ``MimoModelProvider.buil
   group of its own (a group created there is a collective only the wrapping ranks reach);
 * each group it returns holds exactly the ranks the layout's coordinates say (computed here
   independently of HyperCommGrid);
-* every group has the job's timeout (a subgroup created without one gets torch's default).
+* every group has the job's timeout (a subgroup created without one gets torch's default);
+* every role where the rank is alone, in every module, shares ONE single-rank group (each group
+  created is a communicator, and on gloo a transport thread).
 
 Finally every rank must have created the same number of groups (the fixed global order), and
 the p2p channels get the timeout too. Any failed check raises: torchrun exits non-zero.
@@ -65,6 +67,9 @@ def check_layout(mode: str, modules: dict) -> None:
     layout.finalize(dist.get_world_size())
     _, pgcs = grids.build_all(layout, "gloo", TIMEOUT)
     rank = dist.get_rank()
+    alone = {id(group) for pgc in pgcs.values() if pgc is not None for group in vars(pgc).values()
+             if isinstance(group, dist.ProcessGroup) and group.size() == 1}
+    assert len(alone) == 1, f"{mode}: rank {rank} holds {len(alone)} single-rank groups, not one shared"
     for name, par in layout.module_parallelisms.items():
         pgc = pgcs[name]
         assert (pgc is None) == (rank not in par.ranks), (name, rank)

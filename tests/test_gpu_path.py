@@ -53,7 +53,8 @@ def test_process_groups_pass_megatron_ddp_validation():
     """``tests/process_groups_worker.py`` on 4 gloo ranks: three layouts, every module's groups
     accepted by ``ProcessGroupCollection.setup_process_groups_for_ddp`` (it raised "tp, pp and
     ep process groups are required" before), group members as the layout says, the job's
-    timeout on every group, the same group count on every rank."""
+    timeout on every group, the same group count on every rank, one single-rank group per rank
+    shared by every role where the rank is alone."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--max-restarts", "0",
            "--monitor-interval", "0.2", str(TESTS / "process_groups_worker.py")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
