@@ -20,8 +20,8 @@ once, for every rank, before the modules) and every role whose group would be th
 (cp, dp, pp at size 1, the position-embedding and expert groups, ...) shares it. Its
 collectives have no peer to match, so sharing cannot cross-talk, and each group saved is one
 less communicator, and on gloo one less transport thread waking every 10 ms: a TP2 rank of two
-modules held 23 groups, now 10 (``scripts/bench_import.py``'s ranks import ~7% faster on a
-2-core VM). Groups of two or more ranks stay one per role, even where two roles hold the same
+modules held 23 groups, now 10 (``scripts/bench_import.py``'s ranks import 4-8% faster on a
+2-core VM, docs/weights.md). Groups of two or more ranks stay one per role, even where two roles hold the same
 ranks: their collectives must match peer by peer.
 """
 
@@ -69,15 +69,15 @@ def _new_groups(rank_lists: list[list[int]], backend: str, timeout: datetime.tim
 
 
 def _grid_group(grid: HyperCommGrid, dims: list[str], timeout: datetime.timedelta | None,
-                alone: dist.ProcessGroup | None) -> dist.ProcessGroup | None:
+                alone: dist.ProcessGroup) -> dist.ProcessGroup | None:
     """The module's group spanning ``dims``: ``alone`` where those dims have size 1 together."""
-    if alone is not None and math.prod(grid.shape[grid.dim_names.index(d)] for d in dims) == 1:
+    if math.prod(grid.shape[grid.dim_names.index(d)] for d in dims) == 1:
         return alone
     return grid.create_pg(dims, timeout=timeout)
 
 
-def build_pg_collection(grid: HyperCommGrid, backend: str, timeout: datetime.timedelta | None = None,
-                        alone: dist.ProcessGroup | None = None) -> ProcessGroupCollection | None:
+def build_pg_collection(grid: HyperCommGrid, backend: str, timeout: datetime.timedelta | None,
+                        alone: dist.ProcessGroup) -> ProcessGroupCollection | None:
     """Create all groups of one module (on every rank); None where this rank is outside it.
     ``alone``: this rank's single-rank group, shared by the roles where the rank is alone."""
     pgs = {field: _grid_group(grid, dims, timeout, alone) for field, dims in GROUP_DIMS.items()}
