@@ -239,7 +239,7 @@ def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
 def run_hf(path: Path) -> dict:
     code = f"import sys, json; sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench_import as b; " \
            f"print(json.dumps(b.hf_side({str(path)!r})))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -254,7 +254,9 @@ def run_toolkit(path: Path, procs: int, one_thread: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=procs, rdzv_endpoint="localhost:0",
                             module="bench_import", module_args=["--worker", str(path), out])  # as a job starts its ranks
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        # In this checkout: `python -m` (and `-c`) put the working directory FIRST on sys.path,
+        # ahead of PYTHONPATH, so started elsewhere the ranks could import another checkout's code.
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
         return [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank-*.json"))]
