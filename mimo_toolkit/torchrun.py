@@ -26,7 +26,7 @@ LOG_LINE_PREFIX = "[rank${rank}] "
 #: Seconds between torchrun's checks of its workers (torch's default: 0.1). Each check also
 #: queries the rendezvous store; on a node whose ranks use every core, ten checks a second
 #: took CPU from them: two ranks' copy-bound import on a 2-core VM, 2.50 s at 0.1 vs 1.90 s
-#: at 1.0 (a bare two-process copy: 1.74 s; docs/weights.md). A failed rank's peers are
+#: at 1.0 (a bare two-process copy: 1.74 s; docs/bench_import.md). A failed rank's peers are
 #: still stopped within a second.
 MONITOR_INTERVAL_S = 1.0
 

@@ -92,7 +92,7 @@ def freeze_startup_objects() -> None:
     collection (Python starts one after enough allocations, at a point nobody chooses) would
     walk them all, 0.21-0.24 s each on this project's dev VM. On a lent GPU box a pause of
     that size (most likely one) landed inside the model build: 0.24 of the pretrained import's
-    0.6 s (docs/weights.md); in a training step it would stall every rank waiting on this one.
+    0.6 s (docs/bench_import.md); in a training step it would stall every rank waiting on this one.
     Objects the job creates from here on are collected as usual."""
     import gc
 

@@ -32,7 +32,7 @@ Both sides also report the garbage collector's time inside their clock and its f
 collections, so a pause like the one found on a GPU box's profile shows in the output, and the
 kernel's time per page fault (each side maps ~one fresh 4 KiB page per fault): on a VM whose
 host backs reported-free memory lazily that cost is what moves with the hour, and a side whose
-pages cost more than the floor's is slow for it, not for its own code (docs/weights.md). The
+pages cost more than the floor's is slow for it, not for its own code (docs/bench_import.md). The
 toolkit's CPU time and faults include creating its process groups (small; excluded from its
 seconds).
 """

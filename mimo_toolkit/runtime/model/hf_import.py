@@ -101,11 +101,12 @@ class PageFaulter:
     A parameter the import fills is new memory: the copy's first write to each 4 KiB page
     traps into the kernel, which zeroes and maps it, and on this project's 2-core VM that was
     most of the import. ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+) maps the whole range in
-    one call without the traps: 17% off one thread's copies of the 1.14B benchmark checkpoint
-    (docs/weights.md). Used only when the copy runs on one thread: with more, the threads take
-    their faults in parallel and populating first measured no faster. Contents are untouched,
-    so memory already in use is safe; off Linux, or on a kernel without the call, it does
-    nothing and the copy maps the pages itself."""
+    one call without the traps: a TP2 rank's import of the 1.14B benchmark checkpoint ran 1.19x
+    faster per pair, in an A/B with an identical-code control (docs/bench_import.md). Used only
+    when the copy runs on one thread: with more, the threads take their faults in parallel and
+    populating first measured no faster. Contents are untouched, so memory already in use is
+    safe; off Linux, or on a kernel without the call, it does nothing and the copy maps the
+    pages itself."""
 
     MADV_POPULATE_WRITE = 23  # <linux/mman.h>
     MIN_BYTES = 1 << 20  # smaller tensors: a few faults, not worth a call

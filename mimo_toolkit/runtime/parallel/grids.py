@@ -21,7 +21,7 @@ once, for every rank, before the modules) and every role whose group would be th
 collectives have no peer to match, so sharing cannot cross-talk, and each group saved is one
 less communicator, and on gloo one less transport thread waking every 10 ms: a TP2 rank of two
 modules held 23 groups and 70 threads, now 10 and 31 (no speed-up of the import resolvable on a
-2-core VM, docs/weights.md). Groups of two or more ranks stay one per role, even where two
+2-core VM, docs/bench_import.md). Groups of two or more ranks stay one per role, even where two
 roles hold the same ranks: their collectives must match peer by peer.
 """
 
