@@ -5,6 +5,7 @@
     python3 scripts/bench_import.py                       # ~1.1B parameters (hidden 2048, 16 layers)
     python3 scripts/bench_import.py --hidden 1024 --layers 8 --vocab 32000   # a quick smaller run
     python3 scripts/bench_import.py --procs 1             # TP1 in one process (a rank with spare cores)
+    python3 scripts/bench_import.py --memory warm         # each process warms its memory first (Memory, below)
 
 The checkpoint (bf16 safetensors, as published checkpoints are) is written once into
 ``--dir`` (kept for reruns). Each side loads fp32 weights: ``from_pretrained(dtype=float32)``
@@ -35,6 +36,17 @@ host backs reported-free memory lazily that cost is what moves with the hour, an
 pages cost more than the floor's is slow for it, not for its own code (docs/bench_import.md). The
 toolkit's CPU time and faults include creating its process groups (small; excluded from its
 seconds).
+
+Memory (``--memory warm``; the default, ``cold``, has no such step): right before its clock,
+each process of each side (each rank, the ``transformers`` process, each floor process) writes
+and frees twice the fp32 memory it is about to create (not timed; the RSS probe starts after
+it). On a VM that gives freed memory back to its host (this project's VM: free page
+reporting), memory is handed out at the host's cost once what the previous processes freed
+has been given back; the toolkit's ranks, which import megatron-core under torchrun, start
+last, and in such minutes their slower rank paid up to 1.9x the floor, which a warm-up inside
+the ranks removed (docs/bench_import.md). Not the default: in quiet minutes it also moves the
+ratio (0.76-0.81 warm against 0.83-0.88 cold, `transformers` slower when warmed), so it is a
+diagnostic of the machine, not the measurement.
 """
 
 from __future__ import annotations
@@ -107,6 +119,31 @@ def read_through(path: str) -> float:
     return time.perf_counter() - start
 
 
+#: Memory each side writes and frees just before its clock (``--memory warm``), as a multiple of
+#: the fp32 bytes it will create: 2x is above every side's peak (`transformers` 1.50x its
+#: parameters, a rank 1.05x its shard, measured).
+WARM_FACTOR = 2.0
+
+
+def warm_memory(path: str, parts: int) -> None:
+    """Write, then free, ``WARM_FACTOR`` x this process's share of the fp32 parameters, so the
+    memory its clock then allocates is memory the machine has just had in use.
+
+    Why: on a VM that reports free memory to its host (this one: free page reporting, order 9),
+    memory freed seconds ago is handed out again at the host's cost: each page it had given back
+    must be backed anew. How much of the previous side's memory is still backed when a side's
+    clock starts depends on how long that side took to start (a torchrun rank that imports
+    megatron-core takes longest), not on its loader. Written and freed inside the same process
+    right before the clock, the memory is backed for every side alike, as on a machine that
+    does not give memory back."""
+    import torch
+
+    fp32_bytes = 2 * sum(file.stat().st_size for file in Path(path).glob("*.safetensors"))  # bf16 -> fp32
+    block = torch.empty(int(WARM_FACTOR * fp32_bytes / parts) // 4, dtype=torch.float32)
+    block.fill_(0.0)
+    del block  # glibc returns a block this size to the kernel at once (its own mapping)
+
+
 def save_checkpoint(path: Path, args) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -121,7 +158,7 @@ def save_checkpoint(path: Path, args) -> None:
     print(f"wrote {path}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
-def hf_side(path: str) -> dict:
+def hf_side(path: str, warm: bool) -> dict:
     """One process: transformers' from_pretrained."""
     import torch
     from transformers import LlamaForCausalLM
@@ -129,6 +166,8 @@ def hf_side(path: str) -> dict:
     from mimo_toolkit.runtime.train.memory_probe import MemoryProbe  # torch only, no megatron-core
 
     read = read_through(path)
+    if warm:
+        warm_memory(path, 1)
     probe = MemoryProbe(torch.device("cpu"))
     start, before = time.perf_counter(), usage()
     with CollectorPauses() as collector:
@@ -139,7 +178,7 @@ def hf_side(path: str) -> dict:
             "gc": collector.seconds, "full_gcs": collector.full, "read": read}
 
 
-def toolkit_side(path: str, out: str) -> None:
+def toolkit_side(path: str, out: str, memory: str) -> None:
     """One torchrun rank: the provider builds this rank's part and imports its slices."""
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     import torch
@@ -166,6 +205,8 @@ def toolkit_side(path: str, out: str) -> None:
     job = resolve_job("llava", "tiny", sets=sets).config
     freeze_startup_objects()  # as train.py does once its imports are done
     read = read_through(path) if dist.get_rank() == 0 else 0.0
+    if memory == "warm":
+        warm_memory(path, dist.get_world_size())
     dist.barrier()
     probe = MemoryProbe(torch.device("cpu"))
     start, before = time.perf_counter(), usage()
@@ -186,7 +227,7 @@ def toolkit_side(path: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def floor_side(path: str, part: int, parts: int, threads: int, barrier, results) -> None:
+def floor_side(path: str, part: int, parts: int, threads: int, warm: bool, barrier, results) -> None:
     """One of ``parts`` processes started together: map the checkpoint's files and convert its
     1/``parts`` of every file's bf16 data into fresh fp32 memory with a plain ``copy_``, on
     ``threads`` threads. No model, no names, no layout: the least any TP import of this
@@ -199,6 +240,8 @@ def floor_side(path: str, part: int, parts: int, threads: int, barrier, results)
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", "The given buffer is not writable")
     read = read_through(path) if part == 0 else 0.0
+    if warm:
+        warm_memory(path, parts)
     barrier.wait()
     start, before, kept = time.perf_counter(), usage(), []
     for file in sorted(Path(path).glob("*.safetensors")):
@@ -211,14 +254,14 @@ def floor_side(path: str, part: int, parts: int, threads: int, barrier, results)
     results.put({"part": part, "seconds": seconds, **spent(before), "read": read})
 
 
-def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
+def run_floor(path: Path, procs: int, threads: int, warm: bool) -> list[dict]:
     """``floor_side`` in ``procs`` fresh processes at once, released together by a barrier once
     their imports are done."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(procs), context.Queue()
-    workers = [context.Process(target=floor_side, args=(str(path), part, procs, threads, barrier, results))
+    workers = [context.Process(target=floor_side, args=(str(path), part, procs, threads, warm, barrier, results))
                for part in range(procs)]
     for worker in workers:
         worker.start()
@@ -236,14 +279,14 @@ def run_floor(path: Path, procs: int, threads: int) -> list[dict]:
     return parts
 
 
-def run_hf(path: Path) -> dict:
+def run_hf(path: Path, warm: bool) -> dict:
     code = f"import sys, json; sys.path.insert(0, {str(REPO / 'scripts')!r}); import bench_import as b; " \
-           f"print(json.dumps(b.hf_side({str(path)!r})))"
+           f"print(json.dumps(b.hf_side({str(path)!r}, {warm!r})))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_toolkit(path: Path, procs: int, one_thread: bool = False) -> list[dict]:
+def run_toolkit(path: Path, procs: int, warm: bool, one_thread: bool = False) -> list[dict]:
     from mimo_toolkit.torchrun import torchrun_args  # torch-free
 
     paths = [str(REPO / "scripts"), str(REPO), os.environ.get("PYTHONPATH")]
@@ -253,7 +296,7 @@ def run_toolkit(path: Path, procs: int, one_thread: bool = False) -> list[dict]:
         env["MIMO_CPU_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as out:
         cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=procs, rdzv_endpoint="localhost:0",
-                            module="bench_import", module_args=["--worker", str(path), out])  # as a job starts its ranks
+                            module="bench_import", module_args=["--worker", str(path), out, "warm" if warm else "cold"])  # as a job starts its ranks
         # In this checkout: `python -m` (and `-c`) put the working directory FIRST on sys.path,
         # ahead of PYTHONPATH, so started elsewhere the ranks could import another checkout's code.
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -284,7 +327,12 @@ def main() -> None:
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "mimo-bench-import"))
     parser.add_argument("--one-thread", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the import held to one thread per rank (where a rank has more)")
-    parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", choices=["cold", "warm"], default="cold",
+                        help="cold (default): each side's clock starts on the memory the machine hands out then; "
+                             "warm: each side first writes and frees 2x the memory it will create, right before "
+                             "its clock (a diagnostic for VMs that give freed memory back to their host; see "
+                             "warm_memory)")
+    parser.add_argument("--worker", nargs=3, metavar=("CHECKPOINT", "OUT", "MEMORY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return toolkit_side(*args.worker)
@@ -294,13 +342,16 @@ def main() -> None:
     from mimo_toolkit.runtime.parallel.cpu_threads import usable_cpus  # torch-free
 
     share = max(1, usable_cpus() // args.procs)  # each rank's share, as the import computes it
+    warm = args.memory == "warm"
     hf, ours, single, floor = [], [], [], []
     for _ in range(args.repeats):  # alternating, so all see the same machine
-        floor.append(run_floor(path, args.procs, share))
-        hf.append(run_hf(path))
-        ours.append(run_toolkit(path, args.procs))
+        floor.append(run_floor(path, args.procs, share, warm))
+        hf.append(run_hf(path, warm))
+        ours.append(run_toolkit(path, args.procs, warm))
         if share > 1 and args.one_thread:
-            single.append(run_toolkit(path, args.procs, one_thread=True))
+            single.append(run_toolkit(path, args.procs, warm, one_thread=True))
+    print(f"memory: {args.memory}" + (f" (each side wrote and freed {WARM_FACTOR:g}x the memory it creates, just "
+                                      "before its clock)" if warm else " (no warm-up)"))
     hf_s = statistics.median(r["seconds"] for r in hf)
     ours_s = slowest_rank(ours)
     print(f"transformers from_pretrained, 1 process: {hf_s:.2f} s (runs: {runs(hf)})")
