@@ -134,8 +134,8 @@ def warm_memory(path: str, parts: int) -> None:
     must be backed anew. How much of the previous side's memory is still backed when a side's
     clock starts depends on how long that side took to start (a torchrun rank that imports
     megatron-core takes longest), not on its loader. Written and freed inside the same process
-    right before the clock, the memory is backed for every side alike, as on a machine that
-    does not give memory back."""
+    right before the clock, the memory is backed for every side alike. Not neutral in quiet
+    minutes (it slowed ``transformers`` ~6% there), hence a diagnostic, not the default."""
     import torch
 
     fp32_bytes = 2 * sum(file.stat().st_size for file in Path(path).glob("*.safetensors"))  # bf16 -> fp32
@@ -178,7 +178,7 @@ def hf_side(path: str, warm: bool) -> dict:
             "gc": collector.seconds, "full_gcs": collector.full, "read": read}
 
 
-def toolkit_side(path: str, out: str, memory: str) -> None:
+def toolkit_side(path: str, out: str, warm: bool) -> None:
     """One torchrun rank: the provider builds this rank's part and imports its slices."""
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     import torch
@@ -205,7 +205,7 @@ def toolkit_side(path: str, out: str, memory: str) -> None:
     job = resolve_job("llava", "tiny", sets=sets).config
     freeze_startup_objects()  # as train.py does once its imports are done
     read = read_through(path) if dist.get_rank() == 0 else 0.0
-    if memory == "warm":
+    if warm:
         warm_memory(path, dist.get_world_size())
     dist.barrier()
     probe = MemoryProbe(torch.device("cpu"))
@@ -296,7 +296,8 @@ def run_toolkit(path: Path, procs: int, warm: bool, one_thread: bool = False) ->
         env["MIMO_CPU_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as out:
         cmd = torchrun_args(python=sys.executable, nnodes=1, nproc_per_node=procs, rdzv_endpoint="localhost:0",
-                            module="bench_import", module_args=["--worker", str(path), out, "warm" if warm else "cold"])  # as a job starts its ranks
+                            module="bench_import",  # as a job starts its ranks
+                            module_args=["--worker", str(path), out, "warm" if warm else "cold"])
         # In this checkout: `python -m` (and `-c`) put the working directory FIRST on sys.path,
         # ahead of PYTHONPATH, so started elsewhere the ranks could import another checkout's code.
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -335,7 +336,8 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, metavar=("CHECKPOINT", "OUT", "MEMORY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return toolkit_side(*args.worker)
+        checkpoint, out, memory = args.worker
+        return toolkit_side(checkpoint, out, memory == "warm")
     path = Path(args.dir) / f"llama-h{args.hidden}-l{args.layers}-f{args.ffn}-v{args.vocab}"
     if not (path / "config.json").exists():
         save_checkpoint(path, args)
